@@ -1,0 +1,50 @@
+"""Atomic file writes: a reader or a crash sees either the old file or the new one, never half.
+
+Each writer writes a temporary file in the target's folder, flushes and fsyncs it, then renames
+it over the target (`os.replace` is atomic on POSIX file systems and on NTFS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file that replaces `path` only when the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_json(path: str | Path, data: object) -> None:
+    with atomic_open(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def save_torch(path: str | Path, obj: object) -> None:
+    import torch
+
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
