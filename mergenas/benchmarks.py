@@ -1,11 +1,11 @@
 """NAS-Bench-201 look-ups: the test accuracy of any cell of the search space.
 
-Two back ends answer the same `accuracy(cell)` call:
+Two back ends serve the same `accuracy(cell)` call:
 
 - `NB201Table` reads `<data root>/nasbench201/nb201_test_accuracy.csv` (15,625 rows: index, arch,
   cifar10, cifar100, imagenet16_120), small enough to ship beside the code.
-- `NB201API` wraps the official benchmark file (`NAS-Bench-201-v1_1-096897.pth`, about 2 GB)
-  through the `nas-bench-201` package and also gives validation accuracies.
+- `NB201API` wraps the official benchmark file (`NAS-Bench-201-v1_1-096897.pth`) through the
+  `nas-bench-201` package and also gives validation accuracies.
 
 Accuracies are top-1 test accuracy in percent after 200 training epochs, averaged over the
 benchmark's seeds. Source: Dong & Yang, "NAS-Bench-201", ICLR 2020.
@@ -59,7 +59,7 @@ class NB201Accuracy:
 
 
 class Benchmark(Protocol):
-    """What the search and the notebooks need from a NAS-Bench-201 back end."""
+    """The look-ups that the search and the notebooks use from a NAS-Bench-201 back end."""
 
     def accuracy(self, cell_or_index: CellOrIndex) -> NB201Accuracy: ...
 
@@ -88,7 +88,8 @@ def _parse_cell(cell: Cell | str) -> Cell:
     try:
         return parse_cell(cell)
     except CellError as error:
-        raise BenchmarkError(f"{cell!r} is not a cell of the NAS-Bench-201 space: {error}") from error
+        message = f"{cell!r} is not a cell of the NAS-Bench-201 space: {error}"
+        raise BenchmarkError(message) from error
 
 
 def _is_index(value: Any) -> bool:
@@ -98,15 +99,18 @@ def _is_index(value: Any) -> bool:
 class NB201Table:
     """The test accuracies of all 15,625 NAS-Bench-201 cells, read from a CSV file.
 
-    Row `i` holds the cell with benchmark index `i`; the constructor checks that the indices are
-    exactly 0..15624 and the cells all distinct, so every cell of the space has one row.
+    Row `i` contains the cell with benchmark index `i`. The constructor checks that there are
+    15,625 distinct cells, so every cell of the space has exactly one row.
     """
 
-    def __init__(self, cells: list[Cell], accuracies: np.ndarray, source: Path | None = None) -> None:
+    def __init__(
+        self, cells: list[Cell], accuracies: np.ndarray, source: Path | None = None
+    ) -> None:
         if len(cells) != NUM_CELLS or accuracies.shape != (NUM_CELLS, len(DATASETS)):
             raise BenchmarkError(
                 f"a NAS-Bench-201 table needs {NUM_CELLS} cells and accuracies of shape "
-                f"({NUM_CELLS}, {len(DATASETS)}), got {len(cells)} cells and shape {accuracies.shape}"
+                f"({NUM_CELLS}, {len(DATASETS)}), got {len(cells)} cells and shape "
+                f"{accuracies.shape}"
             )
         self._cells = list(cells)
         self._index_by_string = {cell.to_string(): index for index, cell in enumerate(cells)}
@@ -202,7 +206,9 @@ def _parse_row(path: Path, line: int, row: dict[str, str]) -> tuple[int, int, Ce
     """Parse one CSV row into (line, index, cell, accuracies), naming the line on errors."""
     where = f"{path}, line {line}"
     if None in row or any(row[column] is None for column in CSV_COLUMNS):
-        raise BenchmarkError(f"{where}: expected {len(CSV_COLUMNS)} fields, the row has a different count")
+        raise BenchmarkError(
+            f"{where}: expected {len(CSV_COLUMNS)} fields, the row has a different count"
+        )
     try:
         index = int(row["index"])
     except ValueError as error:
@@ -266,17 +272,22 @@ def load_table(data_root: str | os.PathLike | None = None) -> NB201Table:
 
 # Data set names of the official API for test accuracy. 'cifar10' is the network trained on the
 # full 50,000 training images and tested on the 10,000 test images. 'cifar10-valid' is trained on
-# half of the training set only and scores lower, so it must not be used for test accuracy.
-_API_TEST_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet16_120": "ImageNet16-120"}
-# For validation accuracy, CIFAR-10 needs 'cifar10-valid': the 'cifar10' runs have no held-out set.
-_API_VALID_DATASETS = {"cifar10": "cifar10-valid", "cifar100": "cifar100", "imagenet16_120": "ImageNet16-120"}
+# half of the training set only, so its numbers are not the CIFAR-10 test accuracy.
+_API_TEST_DATASETS = {
+    "cifar10": "cifar10", "cifar100": "cifar100", "imagenet16_120": "ImageNet16-120",
+}
+# For validation accuracy CIFAR-10 needs 'cifar10-valid', because the 'cifar10' runs have no
+# held-out set.
+_API_VALID_DATASETS = {
+    "cifar10": "cifar10-valid", "cifar100": "cifar100", "imagenet16_120": "ImageNet16-120",
+}
 _API_HP = "200"
 
 
 class NB201API:
     """NAS-Bench-201 look-ups through the official benchmark file and the `nas_201_api` package.
 
-    Calls made, checked against nas-bench-201 2.0 (`nas_201_api`):
+    Calls made, checked against the source of the nas-bench-201 2.1 package (`nas_201_api`):
 
     - `api.query_index_by_arch(arch_string)`, which returns -1 for a string outside the space;
       this class raises BenchmarkError instead.
@@ -292,22 +303,24 @@ class NB201API:
     - `is_random` defaults to True in `get_more_info`, which returns one random seed's run;
       False averages the seeds, as the published numbers do.
 
-    For CIFAR-100 and ImageNet16-120, `test-accuracy` is the benchmark's test half of the
-    original test set, and `valid-accuracy` its validation half. These are the numbers the
-    benchmark paper reports and the CSV table holds.
+    For CIFAR-100 and ImageNet16-120 the package computes `test-accuracy` on the benchmark's
+    test half of the original test set ('x-test') and `valid-accuracy` on the other half
+    ('x-valid').
     """
 
     def __init__(self, api: Any) -> None:
         """Wrap an existing `nas_201_api.NASBench201API` object (or one with the same methods)."""
         if api is None:
-            raise TypeError("NB201API needs an API object; use NB201API.from_file(path) to open a file")
+            raise TypeError(
+                "NB201API needs an API object; use NB201API.from_file(path) to open a file"
+            )
         self._api = api
         self._path: Path | None = None
         self._allow_pickle = False
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, allow_pickle: bool = False) -> "NB201API":
-        """Wrap the benchmark file at `path`; the file (about 2 GB) is read at the first query.
+        """Wrap the benchmark file at `path`, which is read at the first query, not here.
 
         PyTorch 2.6 and later load files with `weights_only=True`, which may reject objects
         inside the official file. Pass `allow_pickle=True` to load it with full unpickling,
@@ -352,7 +365,8 @@ class NB201API:
                 " If the file is complete and comes from a trusted source, open it with "
                 "NB201API.from_file(path, allow_pickle=True)."
             )
-            raise BenchmarkError(f"cannot unpickle the benchmark file {self._path}: {error}.{hint}") from error
+            message = f"cannot unpickle the benchmark file {self._path}: {error}.{hint}"
+            raise BenchmarkError(message) from error
         except AssertionError as error:
             # nas_201_api checks the file's top-level keys with assert statements.
             raise BenchmarkError(
@@ -389,7 +403,9 @@ class NB201API:
     def _query(self, index: int, datasets: dict[str, str], key: str) -> NB201Accuracy:
         values = []
         for field in DATASETS:
-            info = self.api.get_more_info(index, datasets[field], iepoch=None, hp=_API_HP, is_random=False)
+            info = self.api.get_more_info(
+                index, datasets[field], iepoch=None, hp=_API_HP, is_random=False
+            )
             if info.get(key) is None:
                 raise BenchmarkError(
                     f"the benchmark file has no {key!r} for cell index {index} on "
@@ -406,7 +422,7 @@ class NB201API:
         """Return the seed-averaged validation accuracy (%) after 200 epochs.
 
         The `cifar10` field comes from the 'cifar10-valid' runs, which train on half of the
-        CIFAR-10 training set and validate on the other half; the CSV table has no such column.
+        CIFAR-10 training set and validate on the other half. The CSV table has no such column.
         """
         return self._query(self._resolve(cell_or_index), _API_VALID_DATASETS, "valid-accuracy")
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mergenas.presets import PRESET_NOTES, PRESETS
+from mergenas.presets import PRESET_NAMES, PRESET_NOTES
 
 
 def _add_search_parser(subparsers) -> None:
@@ -17,11 +17,11 @@ def _add_search_parser(subparsers) -> None:
         help="run a DARTS or MergeNAS architecture search",
         description="Run a first-order DARTS or MergeNAS search on CIFAR-10 and write the run "
         "directory: config.json, log.jsonl (one line per epoch), checkpoint.pt and result.json.",
-        epilog="presets: " + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items()),
+        epilog="presets (nb201): " + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES["nb201"].items()),
     )
-    parser.add_argument("--space", default="nb201", choices=["nb201"], help="search space (default nb201)")
+    parser.add_argument("--space", default="nb201", choices=["nb201", "darts"], help="search space: nb201 (NAS-Bench-201) or darts (the DARTS/ENAS micro space); default nb201")
     parser.add_argument("--method", default="mergenas", choices=["darts", "mergenas"], help="supernet (default mergenas)")
-    parser.add_argument("--preset", default="cpu", choices=list(PRESETS), help="settings to start from (default cpu)")
+    parser.add_argument("--preset", default="cpu", choices=list(PRESET_NAMES), help="settings to start from (default cpu)")
     parser.add_argument("--epochs", type=int, help="search epochs (default: from the preset)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--weight-decay", type=float, default=3e-4, help="weight decay of the network weights (default 3e-4; the paper also uses 1e-2 and 2e-2)")
@@ -29,7 +29,9 @@ def _add_search_parser(subparsers) -> None:
     parser.add_argument("--train-limit", type=int, help="use only the first N CIFAR-10 training images, split in two halves (default: from the preset)")
     parser.add_argument("--cells-per-stage", type=int, help="cells per stage N; the benchmark's network has 5 (default: from the preset)")
     parser.add_argument("--lr", type=float, default=0.025, help="initial learning rate of the weights (default 0.025, cosine to 0.001)")
-    parser.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of the alphas (default 3e-4)")
+    parser.add_argument("--arch-lr", type=float, help="Adam learning rate of the alphas (default: from the preset; 3e-4 on nb201, 1e-4 on darts)")
+    parser.add_argument("--order", type=int, default=1, choices=[1, 2], help="1: first-order DARTS step; 2: the unrolled second-order step (default 1)")
+    parser.add_argument("--cells", type=int, help="darts space: cells of the supernet (default: from the preset; the paper uses 8)")
     parser.add_argument(
         "--separate-parameter-free",
         action="store_true",
@@ -60,6 +62,8 @@ def _run_search(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             train_limit=args.train_limit,
             cells_per_stage=args.cells_per_stage,
+            cells=args.cells,
+            order=args.order,
             weight_decay=args.weight_decay,
             lr=args.lr,
             arch_lr=args.arch_lr,
@@ -70,6 +74,9 @@ def _run_search(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{args.space}-{args.method}-seed{args.seed}")
         result = search_module.search(config, run_dir, overwrite=args.overwrite, progress=not args.quiet)
     print(f"run directory: {run_dir}")
+    if "genotype" in result:
+        print(f"genotype: {json.dumps(result['genotype'])}")
+        return 0
     print(f"cell:  {result['cell']}")
     if result.get("index") is not None:
         print(f"index: {result['index']}")

@@ -1,7 +1,7 @@
-"""CIFAR-10 for the search and the final training: loading, the search split and device-side batches.
+"""CIFAR-10 for search and final training: loading, the search split and device-side batches.
 
-The whole data set fits on an accelerator (50,000 x 3 x 32 x 32 uint8 is 147 MiB), so images stay
-there as uint8 and each batch is augmented and normalised with tensor operations on that device,
+The whole data set fits on an accelerator (50,000 x 3 x 32 x 32 uint8 is 147 MiB), so the images
+stay there as uint8. Each batch is augmented and normalised with tensor operations on that device,
 without a DataLoader or worker processes.
 
 Files live under a data root (see `resolve_data_root`): `<root>/cifar10/cifar10.npz`, or
@@ -103,7 +103,7 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Fa
     present, torchvision downloads its files there, which needs a network connection.
 
     Raises MissingDataError when no source exists and `download` is False, and DataError when a
-    file is corrupt or holds arrays of the wrong shape or dtype.
+    file is corrupt or contains arrays of the wrong shape or dtype.
     """
     root = resolve_data_root(data_root)
     folder = root / CIFAR10_DIR
@@ -159,8 +159,8 @@ def _load_npz(path: Path) -> Cifar10:
         missing = [key for key in keys if key not in archive.files]
         if missing:
             raise DataError(
-                f"{path} lacks the keys {', '.join(missing)}; it contains {', '.join(archive.files)}, "
-                f"expected {', '.join(keys)}."
+                f"{path} lacks the keys {', '.join(missing)}; it contains "
+                f"{', '.join(archive.files)}, expected {', '.join(keys)}."
             )
         for key in keys:
             try:
@@ -171,7 +171,9 @@ def _load_npz(path: Path) -> Cifar10:
                     f"corrupt; replace it with a complete copy."
                 ) from error
 
-    x_train, y_train = _checked_split(path, "x_train", arrays["x_train"], "y_train", arrays["y_train"])
+    x_train, y_train = _checked_split(
+        path, "x_train", arrays["x_train"], "y_train", arrays["y_train"]
+    )
     x_test, y_test = _checked_split(path, "x_test", arrays["x_test"], "y_test", arrays["y_test"])
     classes = _checked_classes(path, arrays["classes"])
     return Cifar10(x_train, y_train, x_test, y_test, classes, path)
@@ -180,14 +182,14 @@ def _load_npz(path: Path) -> Cifar10:
 def _checked_split(
     source: Path, x_key: str, images: np.ndarray, y_key: str, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check one split's images (N, 32, 32, 3) uint8 and labels (N,) in 0..9; labels become int64."""
+    """Check one split's images, (N, 32, 32, 3) uint8, and labels, (N,) in 0..9, as int64."""
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
         raise DataError(
             f"key {x_key!r} of {source} has shape {images.shape} and dtype {images.dtype}, "
             f"expected shape (N, 32, 32, 3) and dtype uint8 (NHWC RGB images)."
         )
     if len(images) == 0:
-        raise DataError(f"key {x_key!r} of {source} holds no images, expected at least one.")
+        raise DataError(f"key {x_key!r} of {source} contains no images, expected at least one.")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(
             f"key {y_key!r} of {source} has shape {labels.shape} and dtype {labels.dtype}, "
@@ -282,7 +284,7 @@ def _check_uint8_nchw(images: torch.Tensor) -> None:
 
 
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 NCHW images to [0, 1] and normalise each channel with the CIFAR-10 mean and std."""
+    """Scale uint8 NCHW images to [0, 1] and normalise each channel by the CIFAR-10 mean and std."""
     _check_uint8_nchw(images)
     mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
@@ -314,8 +316,10 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
     # Crop every image at once: gather its rows, then its columns (the flip is in the column order).
     channels = images.shape[1]
-    cropped_rows = padded.gather(2, rows[:, None, :, None].expand(batch, channels, height, padded.shape[3]))
-    cropped = cropped_rows.gather(3, cols[:, None, None, :].expand(batch, channels, height, width))
+    row_index = rows[:, None, :, None].expand(batch, channels, height, padded.shape[3])
+    cropped_rows = padded.gather(2, row_index)  # (B, 3, H, W + 8)
+    column_index = cols[:, None, None, :].expand(batch, channels, height, width)
+    cropped = cropped_rows.gather(3, column_index)
     return normalize_batch(cropped)  # (B, 3, H, W) float32
 
 
@@ -358,7 +362,8 @@ class BatchStream:
             )
         if labels.device != images.device:
             raise ValueError(
-                f"images are on {images.device} but labels on {labels.device}; move both to one device"
+                f"images are on {images.device} but labels on {labels.device}; "
+                f"move both to one device"
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -382,8 +387,13 @@ class BatchStream:
             return len(self.images) // self.batch_size
         return -(-len(self.images) // self.batch_size)
 
-    def epoch(self, epoch_index: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (images float32 NCHW normalised, labels int64) for steps start_step.. of one epoch."""
+    def epoch(
+        self, epoch_index: int, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (images, labels) for steps start_step..steps_per_epoch - 1 of one epoch.
+
+        Images are float32 NCHW, normalised (and augmented if `augment`); labels are int64.
+        """
         if epoch_index < 0:
             raise ValueError(f"epoch_index must be non-negative, got {epoch_index}")
         if not 0 <= start_step <= self.steps_per_epoch:

@@ -101,12 +101,13 @@ def _check_positive(value: int, name: str) -> None:
 
 
 def _check_square_kernel(weight: torch.Tensor, name: str) -> int:
-    """Return the side k of a 4-D kernel (C_out, C_in, k, k), or raise ValueError for other shapes."""
+    """Return the side k of a kernel (C_out, C_in, k, k), or raise ValueError for other shapes."""
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
     if weight.ndim != 4:
         raise ValueError(
-            f"{name} must be 4-D (C_out, C_in, k, k), got {weight.ndim}-D shape {tuple(weight.shape)}"
+            f"{name} must be 4-D (C_out, C_in, k, k), "
+            f"got {weight.ndim}-D shape {tuple(weight.shape)}"
         )
     height, width = weight.shape[-2:]
     if height != width:
@@ -323,7 +324,9 @@ def _op_mask(
     """Return the (size, size) receptive-field mask of one op, or raise ValueError."""
     reason = _parameter_free_reason(op) if isinstance(op, str) else None
     if reason is not None:
-        raise ValueError(f"op {op!r} is parameter-free and has no mask in the shared kernel. {reason}")
+        raise ValueError(
+            f"op {op!r} is parameter-free and has no mask in the shared kernel. {reason}"
+        )
     conv = _parse_conv(op) if isinstance(op, str) else None
     if conv is None:
         raise _unknown_op_error(op)
@@ -368,7 +371,10 @@ def _unpack_masks(masks) -> tuple[list[str] | None, list[torch.Tensor]]:
     elif isinstance(masks, Sequence) and not isinstance(masks, str):
         names, mask_list = None, list(masks)
     else:
-        raise ValueError(f"masks must be a dict op name -> mask or a sequence of masks, got {type(masks).__name__}")
+        raise ValueError(
+            "masks must be a dict op name -> mask or a sequence of masks, "
+            f"got {type(masks).__name__}"
+        )
     if not mask_list:
         raise ValueError("masks must contain at least one mask, got none")
 
@@ -404,7 +410,10 @@ def _alpha_vector(alphas, names: list[str] | None, n_ops: int) -> torch.Tensor:
         return torch.stack(values)
 
     if not isinstance(alphas, torch.Tensor):
-        raise ValueError(f"alphas must be a 1-D tensor or a dict op name -> alpha, got {type(alphas).__name__}")
+        raise ValueError(
+            "alphas must be a 1-D tensor or a dict op name -> alpha, "
+            f"got {type(alphas).__name__}"
+        )
     if alphas.ndim != 1 or alphas.shape[0] != n_ops:
         raise ValueError(
             f"alphas must be a 1-D tensor with one entry per mask ({n_ops}), got shape "

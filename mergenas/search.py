@@ -24,11 +24,13 @@ from tqdm import tqdm
 from mergenas import atomic
 from mergenas.data import BatchStream, load_cifar10, split_search_halves, to_tensor_images
 from mergenas.presets import preset_settings
+from mergenas.spaces import get_space
 
 log = logging.getLogger(__name__)
 
 METHODS = ("darts", "mergenas")
-SPACES = ("nb201",)
+SPACES = ("nb201", "darts")
+ORDERS = (1, 2)
 
 
 class SearchError(RuntimeError):
@@ -50,14 +52,16 @@ class SearchConfig:
     seed: int = 0
     batch_size: int | None = None
     train_limit: int | None = None
-    cells_per_stage: int | None = None
+    cells_per_stage: int | None = None  # NAS-Bench-201 space: cells per stage (5 in the benchmark)
+    cells: int | None = None  # DARTS space: cells of the supernet (8 in the paper)
     channels: int = 16
+    order: int = 1  # 1: first-order DARTS step; 2: the unrolled second-order step
     weight_decay: float = 3e-4
     lr: float = 0.025
     lr_min: float = 0.001
     momentum: float = 0.9
     grad_clip: float = 5.0
-    arch_lr: float = 3e-4
+    arch_lr: float | None = None
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     merge_parameter_free: bool = True
@@ -66,7 +70,7 @@ class SearchConfig:
 
     def resolved(self) -> "SearchConfig":
         """A copy with every unset (None) setting filled from the preset, checked."""
-        settings = preset_settings(self.preset)
+        settings = preset_settings(self.preset, self.space)
         values = dataclasses.asdict(self)
         for key, value in settings.items():
             if values.get(key) is None:
@@ -81,7 +85,10 @@ class SearchConfig:
             raise SearchError(f"unknown search space {self.space!r}; expected one of {', '.join(SPACES)}")
         if self.method not in METHODS:
             raise SearchError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        for name in ("epochs", "batch_size", "cells_per_stage", "channels"):
+        if self.order not in ORDERS:
+            raise SearchError(f"order must be 1 or 2, got {self.order!r}")
+        depth = "cells_per_stage" if self.space == "nb201" else "cells"
+        for name in ("epochs", "batch_size", depth, "channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SearchError(f"{name} must be a positive integer, got {value!r}")
@@ -116,17 +123,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_supernet(config: SearchConfig) -> torch.nn.Module:
-    from mergenas.spaces.nb201_net import MergeOptions, NB201Network
-
-    return NB201Network(
-        config.method,
-        channels=config.channels,
-        cells_per_stage=config.cells_per_stage,
-        merge_options=MergeOptions(merge_parameter_free=config.merge_parameter_free),
-    )
-
-
 def _try_load_table(data_root):
     """The NAS-Bench-201 table, or None (with a warning) when it is not there."""
     from mergenas.benchmarks import load_table
@@ -137,16 +133,6 @@ def _try_load_table(data_root):
     except MissingDataError as error:
         log.warning("NAS-Bench-201 accuracies will be null: %s", error)
         return None
-
-
-def describe_cell(model, table) -> dict:
-    """The derived cell, its benchmark index and accuracies (null without the table)."""
-    cell = model.derive()
-    entry = {"cell": cell.to_string(), "index": None, "nb201": None}
-    if table is not None:
-        entry["index"] = table.index_of(cell)
-        entry["nb201"] = table.accuracy(cell).to_dict()
-    return entry
 
 
 @dataclass
@@ -168,6 +154,13 @@ class _Running:
         return self.loss / max(self.batches, 1), 100.0 * self.correct / max(self.count, 1)
 
 
+def second_order_alpha_step(model, x_train, y_train, x_valid, y_valid, weight_optimizer, arch_optimizer):
+    """The unrolled (second-order) architecture step of DARTS; see `mergenas.second_order`."""
+    from mergenas.second_order import second_order_alpha_step as step
+
+    return step(model, x_train, y_train, x_valid, y_valid, weight_optimizer, arch_optimizer)
+
+
 def _check_finite(loss: torch.Tensor, which: str, epoch: int, step: int) -> None:
     if not torch.isfinite(loss):
         raise NonFiniteLossError(
@@ -186,8 +179,9 @@ class Searcher:
         self.progress = progress
         self.device = resolve_device(self.config.device)
 
+        self.space = get_space(self.config.space)
         torch.manual_seed(self.config.seed)
-        self.model = build_supernet(self.config).to(self.device)
+        self.model = self.space.build_supernet(self.config).to(self.device)
         self.weight_optimizer = torch.optim.SGD(
             self.model.weight_parameters(),
             lr=self.config.lr,
@@ -206,7 +200,7 @@ class Searcher:
         self.epoch = 0  # epochs completed
         self.elapsed = 0.0  # seconds spent in completed epochs, over all resumptions
         self._load_data()
-        self.table = _try_load_table(self.config.data_root)
+        self.table = _try_load_table(self.config.data_root) if self.config.space == "nb201" else None
 
     def _load_data(self) -> None:
         cifar = load_cifar10(self.config.data_root)
@@ -215,7 +209,7 @@ class Searcher:
             images, labels = images[: self.config.train_limit], labels[: self.config.train_limit]
         train_idx, valid_idx = split_search_halves(len(images), self.config.seed)
         tensors = to_tensor_images(images, self.device)
-        targets = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        targets = torch.tensor(labels, dtype=torch.long, device=self.device)
         self.train_stream = BatchStream(
             tensors[train_idx], targets[train_idx], self.config.batch_size, seed=2 * self.config.seed
         )
@@ -261,7 +255,13 @@ class Searcher:
         for step, ((x_train, y_train), (x_valid, y_valid)) in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
-            loss_v, logits_v = self._alpha_step(x_valid, y_valid)
+            if self.config.order == 2:
+                loss_v, logits_v = second_order_alpha_step(
+                    self.model, x_train, y_train, x_valid, y_valid,
+                    self.weight_optimizer, self.arch_optimizer,
+                )
+            else:
+                loss_v, logits_v = self._alpha_step(x_valid, y_valid)
             _check_finite(loss_v, "architecture", epoch, step)
             loss_t, logits_t = self._weight_step(x_train, y_train)
             _check_finite(loss_t, "weight", epoch, step)
@@ -283,7 +283,7 @@ class Searcher:
             "valid_acc": valid_acc,
             "lr": lr,
             "alphas": self.model.edge_weights().detach().cpu().tolist(),
-            **describe_cell(self.model, self.table),
+            **self.space.describe_architecture(self.model, self.table),
             "elapsed_s": round(self.elapsed, 3),
         }
         return record
@@ -331,12 +331,12 @@ class Searcher:
                 handle.write(json.dumps(record) + "\n")
             atomic.save_torch(self.run_dir / "checkpoint.pt", self.state_dict())
             outer.update(1)
-            outer.set_postfix_str(f"valid {record['valid_acc']:.1f}% cell {record['index']}")
+            outer.set_postfix_str(f"valid acc {record['valid_acc']:.1f}%")
             log.info("epoch %d: valid acc %.2f%%, cell %s", record["epoch"], record["valid_acc"], record["cell"])
         outer.close()
 
         result = {
-            **describe_cell(self.model, self.table),
+            **self.space.describe_architecture(self.model, self.table),
             "alphas": self.model.edge_weights().detach().cpu().tolist(),
             "method": self.config.method,
             "space": self.config.space,

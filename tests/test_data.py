@@ -25,7 +25,7 @@ from mergenas.data import (
     to_tensor_images,
 )
 
-# The reference data beside the checkout (../shared/data), or wherever MERGENAS_DATA points.
+# The full reference data: MERGENAS_DATA if set, else the shared data folder beside the checkout.
 REFERENCE_DATA = Path(
     os.environ.get("MERGENAS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
 ).expanduser()

@@ -240,7 +240,8 @@ def test_identity_kernel_rejects_bad_arguments(channels, size):
 @pytest.mark.parametrize("input_size", INPUT_SIZES)
 @pytest.mark.parametrize("size", [3, 5, 9])
 def test_avg_pool_kernel_matches_count_include_pad(channels, stride, input_size, size):
-    x = randn(make_generator(channels, stride, input_size, size), 2, channels, input_size, input_size)
+    generator = make_generator(channels, stride, input_size, size)
+    x = randn(generator, 2, channels, input_size, input_size)
     kernel = avg_pool_kernel(channels, 3, size, dtype=DTYPE)
     assert kernel.shape == (channels, channels, size, size)
 
@@ -279,7 +280,11 @@ def test_avg_pool_kernel_border_gap(stride, input_size):
 
 @pytest.mark.parametrize(
     "k, size, message",
-    [(2, 3, "k must be a positive odd int"), (3, 1, "at least the pooling size k=3"), (3, 4, "odd")],
+    [
+        (2, 3, "k must be a positive odd int"),
+        (3, 1, "at least the pooling size k=3"),
+        (3, 4, "odd"),
+    ],
 )
 def test_avg_pool_kernel_rejects_bad_sizes(k, size, message):
     with pytest.raises(ValueError, match=message):
@@ -469,8 +474,8 @@ def _conv_by_name(x, weight, op, stride, groups=1):
     k = int(op.rsplit("x", 1)[1])
     if op.startswith("dil_conv"):
         # Dilation 2: the taps sit every 2nd position around the centre.
-        start = centre - (k - 1)
-        sub_kernel = weight[:, :, start : start + 2 * (k - 1) + 1 : 2, start : start + 2 * (k - 1) + 1 : 2]
+        taps = slice(centre - (k - 1), centre + (k - 1) + 1, 2)
+        sub_kernel = weight[:, :, taps, taps]
         return F.conv2d(x, sub_kernel, stride=stride, padding=k - 1, dilation=2, groups=groups)
     start = centre - k // 2
     sub_kernel = weight[:, :, start : start + k, start : start + k]
@@ -483,7 +488,9 @@ def _conv_by_name(x, weight, op, stride, groups=1):
 @pytest.mark.parametrize(
     "ops, size", [(NAS_BENCH_201_CONVS, 3), (DARTS_CONVS, 9), (["nor_conv_1x1"], 5)]
 )
-def test_merged_conv_equals_weighted_op_convs(in_channels, out_channels, stride, input_size, ops, size):
+def test_merged_conv_equals_weighted_op_convs(
+    in_channels, out_channels, stride, input_size, ops, size
+):
     generator = make_generator(in_channels, out_channels, stride, input_size, size, len(ops))
     x = randn(generator, 2, in_channels, input_size, input_size)
     weight = randn(generator, out_channels, in_channels, size, size)
@@ -500,7 +507,7 @@ def test_merged_conv_equals_weighted_op_convs(in_channels, out_channels, stride,
 @pytest.mark.parametrize("in_channels, out_channels", CHANNELS)
 @pytest.mark.parametrize("stride", STRIDES)
 def test_merged_separable_edge_equals_weighted_ops(in_channels, out_channels, stride):
-    """A DARTS edge: shared depth-wise 9x9 kernel masked by M~, then one shared point-wise kernel."""
+    """Run a DARTS edge: shared depth-wise 9x9 kernel masked by M~, then a shared point-wise one."""
     generator = make_generator(in_channels, out_channels, stride, 12)
     x = randn(generator, 2, in_channels, 11, 11)
     w_depthwise = randn(generator, in_channels, 1, 9, 9)
@@ -544,7 +551,10 @@ def test_nas_bench_201_edge_is_one_conv(stride, input_size):
     expected = (
         alpha_skip * x[:, :, ::stride, ::stride]
         + alpha_pool * F.avg_pool2d(x, 3, stride, padding=1, count_include_pad=True)
-        + sum(alpha * _conv_by_name(x, weight, op, stride) for alpha, op in zip(alpha_convs, NAS_BENCH_201_CONVS))
+        + sum(
+            alpha * _conv_by_name(x, weight, op, stride)
+            for alpha, op in zip(alpha_convs, NAS_BENCH_201_CONVS)
+        )
     )
     assert rel_err(actual, expected) < TOLERANCE
 

@@ -251,3 +251,23 @@ class NB201Network(nn.Module):
         if self.alphas is None:
             return self.cell
         return cell_from_alphas(self.alphas.detach())
+
+
+def build_supernet(config) -> NB201Network:
+    """The search supernet a `SearchConfig` asks for (its `method` is the network mode)."""
+    return NB201Network(
+        config.method,
+        channels=config.channels,
+        cells_per_stage=config.cells_per_stage,
+        merge_options=MergeOptions(merge_parameter_free=config.merge_parameter_free),
+    )
+
+
+def describe_architecture(model: NB201Network, table) -> dict:
+    """The derived cell, its benchmark index and test accuracies (null without the table)."""
+    cell = model.derive()
+    entry = {"cell": cell.to_string(), "index": None, "nb201": None}
+    if table is not None:
+        entry["index"] = table.index_of(cell)
+        entry["nb201"] = table.accuracy(cell).to_dict()
+    return entry
