@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_search_parser(subparsers)
     _add_lookup_parser(subparsers)
+    from mergenas.train_cli import add_parser as add_train_parser
+
+    add_train_parser(subparsers)
     return parser
 
 

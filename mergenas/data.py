@@ -390,9 +390,10 @@ class BatchStream:
     def epoch(
         self, epoch_index: int, start_step: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (images, labels) for steps start_step..steps_per_epoch - 1 of one epoch.
+        """Return an iterator over (images, labels) for steps start_step.. of one epoch.
 
         Images are float32 NCHW, normalised (and augmented if `augment`); labels are int64.
+        Invalid arguments raise ValueError here, not at the first batch.
         """
         if epoch_index < 0:
             raise ValueError(f"epoch_index must be non-negative, got {epoch_index}")
@@ -401,6 +402,11 @@ class BatchStream:
                 f"start_step {start_step} is outside 0..{self.steps_per_epoch} "
                 f"(the steps of one epoch)"
             )
+        return self._batches(epoch_index, start_step)
+
+    def _batches(
+        self, epoch_index: int, start_step: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         permutation_generator = _derived_generator(_PERMUTATION_STREAM, self.seed, epoch_index)
         order = torch.randperm(len(self.images), generator=permutation_generator)
         order = order.to(self.images.device)

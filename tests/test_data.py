@@ -426,4 +426,20 @@ def test_stream_rejects_bad_arguments():
         BatchStream(images, labels.int(), batch_size=2, seed=0)
     stream = BatchStream(images, labels, batch_size=2, seed=0)
     with pytest.raises(ValueError, match="start_step 6"):
-        next(stream.epoch(0, start_step=6))
+        stream.epoch(0, start_step=6)
+    with pytest.raises(ValueError, match="epoch_index"):
+        stream.epoch(-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stream_cuda_matches_cpu():
+    cpu_stream = make_stream()
+    cuda_stream = BatchStream(
+        cpu_stream.images.cuda(), cpu_stream.labels.cuda(), batch_size=16, seed=1
+    )
+    for (cpu_images, cpu_labels), (cuda_images, cuda_labels) in zip(
+        cpu_stream.epoch(3), cuda_stream.epoch(3)
+    ):
+        assert cuda_images.device.type == "cuda"
+        assert torch.equal(cuda_labels.cpu(), cpu_labels)
+        assert torch.allclose(cuda_images.cpu(), cpu_images, atol=1e-6)
