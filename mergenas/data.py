@@ -340,9 +340,9 @@ class BatchStream:
 
     The order of epoch `e` is a permutation drawn from a generator seeded by (seed, e), and the
     augmentation of step `t` of that epoch uses a generator seeded by (seed, e, t). No state
-    carries over between steps or epochs, so `epoch(e, start_step=t)` yields exactly the batches
-    that `epoch(e)` yields from step `t` on, and a run resumed from a checkpoint taken at
-    (e, t) sees the same data as one that was never interrupted.
+    carries over between steps or epochs. Therefore `epoch(e, start_step=t)` yields exactly the
+    batches that `epoch(e)` yields from step `t` on, and a run resumed from a checkpoint taken
+    at (e, t) receives the same batches as one that was never interrupted.
     """
 
     def __init__(
