@@ -101,8 +101,6 @@ class MergedEdge(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv2d's default initialisation
         masks = kernels.op_masks(_CONV_OPS, 3)
         self.register_buffer("masks", torch.stack([masks[name] for name in _CONV_OPS]))
-        self.register_buffer("identity", kernels.identity_kernel(channels, 3))
-        self.register_buffer("avg_pool", kernels.avg_pool_kernel(channels, 3, 3))
         self.bn = _batch_norm(channels, affine=False)
         self._conv_index = [OPS.index(name) for name in _CONV_OPS]
 
@@ -111,8 +109,13 @@ class MergedEdge(nn.Module):
         saliency = kernels.saliency_mask(weights[self._conv_index], self.masks.unbind(0))  # (3, 3)
         kernel = saliency * self.weight  # (C, C, 3, 3)
         if self.options.merge_parameter_free:
-            kernel = kernel + weights[OPS.index("skip_connect")] * self.identity
-            kernel = kernel + weights[OPS.index("avg_pool_3x3")] * self.avg_pool
+            # Built in the weight's dtype on every call (a few microseconds), so a float64 edge
+            # gets an exact 1/9 rather than a float32 one cast up.
+            channels, dtype, device = self.weight.shape[0], self.weight.dtype, self.weight.device
+            identity = kernels.identity_kernel(channels, 3, dtype=dtype, device=device)
+            avg_pool = kernels.avg_pool_kernel(channels, 3, 3, dtype=dtype, device=device)
+            kernel = kernel + weights[OPS.index("skip_connect")] * identity
+            kernel = kernel + weights[OPS.index("avg_pool_3x3")] * avg_pool
         return kernel
 
     def merged_conv(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
