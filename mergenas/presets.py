@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "darts": {
         "paper": {"epochs": 50, "batch_size": 64, "train_limit": None, "cells": 8, "arch_lr": 1e-4},
         "cpu": {"epochs": 2, "batch_size": 32, "train_limit": 2000, "cells": 5, "arch_lr": 1e-4},
-        "ci": {"epochs": 1, "batch_size": 16, "train_limit": 128, "cells": 3, "arch_lr": 1e-4},
+        "ci": {"epochs": 1, "batch_size": 8, "train_limit": 32, "cells": 3, "arch_lr": 1e-4},
     },
 }
 
@@ -34,7 +34,7 @@ PRESET_NOTES: dict[str, dict[str, str]] = {
     "darts": {
         "paper": "the paper's settings: 50 epochs, batch 64, all 50,000 training images, 8 cells",
         "cpu": "2 epochs on 2,000 training images with 5 cells (the paper: 50 epochs, 8 cells)",
-        "ci": "1 epoch on 128 images with 3 cells: a smoke test, not a search",
+        "ci": "1 epoch on 32 images with 3 cells: a smoke test, not a search",
     },
 }
 
