@@ -1,7 +1,9 @@
 """Atomic file writes: a reader or a crash sees either the old file or the new one, never half.
 
 Each writer writes a temporary file in the target's folder, flushes and fsyncs it, then renames
-it over the target (`os.replace` is atomic on POSIX file systems and on NTFS).
+it over the target (`os.replace` is atomic on POSIX file systems and on NTFS). On POSIX the
+folder is fsynced too, so the rename itself survives a power cut. The new file gets the usual
+permissions (0o666 less the umask), not the 0o600 of a temporary file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+# The process's umask, read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -25,11 +31,23 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
+        _fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, data: object) -> None:

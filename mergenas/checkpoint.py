@@ -1,16 +1,109 @@
-"""Checkpoint helpers shared by searches and trainings: random states and setting checks."""
+"""Checkpoint helpers shared by searches and trainings.
+
+They cover random-generator states, setting checks, a guard that turns SIGINT and SIGTERM into a
+request to stop at the next safe point, and a check that stops a run on a NaN or infinite loss.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from mergenas import atomic
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite. The run directory keeps the last good checkpoint."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped on SIGINT or SIGTERM. `exit_status` is 128 + the signal number, as shells report it."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.exit_status = 128 + signal_number
+
+
+def check_finite_loss(loss, which: str, epoch: int, step: int) -> None:
+    """Raise NonFiniteLossError when `loss` (a tensor or a float) is NaN or infinite.
+
+    `which` names the loss in the message (e.g. "weight", "architecture"); `epoch` and `step`
+    are 0-based and are printed as they are given.
+    """
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if math.isfinite(value):
+        return
+    raise NonFiniteLossError(
+        f"the {which} loss became {value} at epoch {epoch}, step {step} (both counted from 0), so "
+        "the run stopped; a checkpoint written before this step stays as it was. Try a lower "
+        "learning rate (--lr or --arch-lr), a lower weight decay or a smaller gradient clip, or "
+        "start again with another seed."
+    )
+
+
+class InterruptGuard:
+    """The state of an `interrupt_guard` block: whether a stop was requested, and by which signal."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signal_number is None else signal.Signals(self.signal_number).name
+
+    def raise_if_requested(self, where: str = "") -> None:
+        """Raise RunInterrupted when a signal arrived; call it after the checkpoint is saved."""
+        if self.signal_number is None:
+            return
+        detail = f" {where}" if where else ""
+        raise RunInterrupted(f"stopped by {self.signal_name}{detail}", self.signal_number)
+
+
+@contextmanager
+def interrupt_guard(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[InterruptGuard]:
+    """Turn SIGINT and SIGTERM into a flag that the caller checks at safe points.
+
+    Inside the block, the first signal only sets `guard.requested`, so the caller can finish the
+    current step, save a checkpoint and then call `guard.raise_if_requested()`. A second signal
+    raises RunInterrupted at once, without a checkpoint. The previous handlers come back when the
+    block ends. Signal handlers can only be installed in the main thread, so in any other thread
+    the guard installs nothing and `requested` stays False.
+    """
+    guard = InterruptGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+
+    def handle(signal_number, frame):
+        if guard.requested:
+            raise RunInterrupted(f"stopped by a second {signal.Signals(signal_number).name}", signal_number)
+        guard.signal_number = signal_number
+        log.warning("%s received; stopping after the current step", signal.Signals(signal_number).name)
+
+    previous = {number: signal.signal(number, handle) for number in signals}
+    try:
+        yield guard
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def capture_rng_state() -> dict:

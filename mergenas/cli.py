@@ -1,4 +1,4 @@
-"""The `mergenas` command line: search, lookup."""
+"""The `mergenas` command line: search, lookup, train."""
 
 from __future__ import annotations
 
@@ -11,67 +11,115 @@ from pathlib import Path
 from mergenas.presets import PRESET_NAMES, PRESET_NOTES
 
 
+# Exit statuses of `mergenas search`, also listed in its --help.
+EXIT_NON_FINITE_LOSS = 1
+EXIT_INVALID_INPUT = 2
+
+# Search options that map one-to-one to SearchConfig fields (option dest -> field name). Their
+# argparse default is None, so a value that is not None was given on the command line.
+_SETTING_OPTIONS = {
+    "space": "space",
+    "method": "method",
+    "preset": "preset",
+    "epochs": "epochs",
+    "seed": "seed",
+    "weight_decay": "weight_decay",
+    "batch_size": "batch_size",
+    "train_limit": "train_limit",
+    "cells_per_stage": "cells_per_stage",
+    "lr": "lr",
+    "arch_lr": "arch_lr",
+    "order": "order",
+    "cells": "cells",
+    "channels": "channels",
+    "device": "device",
+    "deterministic": "deterministic",
+    "data_root": "data_root",
+}
+
+
 def _add_search_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "search",
         help="run a DARTS or MergeNAS architecture search",
-        description="Run a first-order DARTS or MergeNAS search on CIFAR-10 and write the run "
-        "directory: config.json, log.jsonl (one line per epoch), checkpoint.pt and result.json.",
-        epilog="presets (nb201): " + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES["nb201"].items()),
+        description="Run a DARTS or MergeNAS search on CIFAR-10 and write the run directory: "
+        "config.json, log.jsonl (one line per epoch), checkpoint.pt (after every epoch, and on "
+        "Ctrl-C or SIGTERM) and result.json.",
+        epilog="presets (nb201): "
+        + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES["nb201"].items())
+        + ". Resuming: --resume RUN_DIR continues from the settings stored in RUN_DIR. Only --epochs "
+        "may differ from the stored settings; any other setting given with a different value is "
+        "rejected, except --data-root, which may name a new location of the same data (the "
+        "checkpoint stores its checksum). Exit status: 0 finished; "
+        f"{EXIT_NON_FINITE_LOSS} the loss became NaN or infinite (the last good checkpoint is kept); "
+        f"{EXIT_INVALID_INPUT} invalid input; 130 (SIGINT) or 143 (SIGTERM) stopped after saving a "
+        "checkpoint.",
     )
-    parser.add_argument("--space", default="nb201", choices=["nb201", "darts"], help="search space: nb201 (NAS-Bench-201) or darts (the DARTS/ENAS micro space); default nb201")
-    parser.add_argument("--method", default="mergenas", choices=["darts", "mergenas"], help="supernet (default mergenas)")
-    parser.add_argument("--preset", default="cpu", choices=list(PRESET_NAMES), help="settings to start from (default cpu)")
-    parser.add_argument("--epochs", type=int, help="search epochs (default: from the preset)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--weight-decay", type=float, default=3e-4, help="weight decay of the network weights (default 3e-4; the paper also uses 1e-2 and 2e-2)")
+    parser.add_argument("--space", choices=["nb201", "darts"], help="search space: nb201 (NAS-Bench-201) or darts (the DARTS/ENAS micro space); default nb201")
+    parser.add_argument("--method", choices=["darts", "mergenas"], help="supernet (default mergenas)")
+    parser.add_argument("--preset", choices=list(PRESET_NAMES), help="settings to start from (default cpu)")
+    parser.add_argument("--epochs", type=int, help="search epochs (default: from the preset); the one setting that may change with --resume")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--weight-decay", type=float, help="weight decay of the network weights (default 3e-4; the paper also uses 1e-2 and 2e-2)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: from the preset)")
     parser.add_argument("--train-limit", type=int, help="use only the first N CIFAR-10 training images, split in two halves (default: from the preset)")
     parser.add_argument("--cells-per-stage", type=int, help="cells per stage N; the benchmark's network has 5 (default: from the preset)")
-    parser.add_argument("--lr", type=float, default=0.025, help="initial learning rate of the weights (default 0.025, cosine to 0.001)")
+    parser.add_argument("--lr", type=float, help="initial learning rate of the weights (default 0.025, cosine to 0.001)")
     parser.add_argument("--arch-lr", type=float, help="Adam learning rate of the alphas (default: from the preset; 3e-4 on nb201, 1e-4 on darts)")
-    parser.add_argument("--order", type=int, default=1, choices=[1, 2], help="1: first-order DARTS step; 2: the unrolled second-order step (default 1)")
+    parser.add_argument("--order", type=int, choices=[1, 2], help="1: first-order DARTS step; 2: the unrolled second-order step (default 1)")
     parser.add_argument("--cells", type=int, help="darts space: cells of the supernet (default: from the preset; the paper uses 8)")
+    parser.add_argument("--channels", type=int, help="channels of the first stage; the benchmark's network has 16 (default 16)")
     parser.add_argument(
         "--separate-parameter-free",
-        action="store_true",
+        action="store_const",
+        const=True,
         help="mergenas only: add skip and avg-pool beside the merged convolution instead of inside its kernel",
     )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda when available)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda when available)")
+    parser.add_argument(
+        "--deterministic",
+        action="store_const",
+        const=True,
+        help="use torch's deterministic kernels (torch.use_deterministic_algorithms), so GPU runs "
+        "repeat exactly, at some cost in speed; CPU runs repeat without it",
+    )
     parser.add_argument("--data-root", help="data folder (default: $MERGENAS_DATA, else data/)")
     parser.add_argument("--out", help="run directory (default runs/<space>-<method>-seed<seed>)")
-    parser.add_argument("--overwrite", action="store_true", help="start again in an --out that already holds a run")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its stored settings")
+    parser.add_argument("--overwrite", action="store_true", help="start again in an --out that already contains a run; its files are replaced only once the new run has loaded its data")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint, with its stored settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_search)
+
+
+def _explicit_settings(args: argparse.Namespace) -> dict:
+    """Return the search settings given on the command line, as SearchConfig fields."""
+    settings = {
+        field: getattr(args, option)
+        for option, field in _SETTING_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
+    if args.separate_parameter_free:
+        settings["merge_parameter_free"] = False
+    return settings
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from mergenas import search as search_module
 
+    settings = _explicit_settings(args)
     if args.resume:
-        result = search_module.resume(args.resume, progress=not args.quiet, epochs=args.epochs)
+        if args.overwrite:
+            raise search_module.SearchError("--resume and --overwrite exclude each other; pass one of them")
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise search_module.SearchError(
+                f"--out {args.out} differs from --resume {args.resume}; a resumed run stays in its "
+                "directory, so drop --out"
+            )
         run_dir = Path(args.resume)
+        result = search_module.resume(run_dir, progress=not args.quiet, settings=settings)
     else:
-        config = search_module.SearchConfig(
-            space=args.space,
-            method=args.method,
-            preset=args.preset,
-            epochs=args.epochs,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            train_limit=args.train_limit,
-            cells_per_stage=args.cells_per_stage,
-            cells=args.cells,
-            order=args.order,
-            weight_decay=args.weight_decay,
-            lr=args.lr,
-            arch_lr=args.arch_lr,
-            merge_parameter_free=not args.separate_parameter_free,
-            device=args.device,
-            data_root=args.data_root,
-        )
-        run_dir = Path(args.out or f"runs/{args.space}-{args.method}-seed{args.seed}")
+        config = search_module.SearchConfig(**settings)
+        run_dir = Path(args.out or f"runs/{config.space}-{config.method}-seed{config.seed}")
         result = search_module.search(config, run_dir, overwrite=args.overwrite, progress=not args.quiet)
     print(f"run directory: {run_dir}")
     if "genotype" in result:
@@ -108,10 +156,26 @@ def _add_lookup_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_lookup)
 
 
+def _lookup_query(text: str) -> int | str:
+    """Return the benchmark index or the cell string that `text` names, checked before any file is read."""
+    from mergenas.spaces.nb201 import NUM_CELLS, CellError, parse_cell
+
+    if text.strip().lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < NUM_CELLS:
+            raise CellError(f"cell index {index} is outside the NAS-Bench-201 range 0..{NUM_CELLS - 1}; pass an index in that range or a cell string")
+        return index
+    try:
+        parse_cell(text)
+    except CellError as error:
+        raise CellError(f"invalid cell {text!r}: {error}") from None
+    return text
+
+
 def _run_lookup(args: argparse.Namespace) -> int:
     from mergenas import benchmarks
 
-    query: int | str = int(args.cell) if args.cell.strip().lstrip("-").isdigit() else args.cell
+    query = _lookup_query(args.cell)
     if args.benchmark_file:
         source = benchmarks.NB201API.from_file(args.benchmark_file)
         table = None
@@ -154,11 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mergenas.errors import USER_ERRORS
 
+    from mergenas.checkpoint import NonFiniteLossError, RunInterrupted
+
     try:
         return args.handler(args)
+    except NonFiniteLossError as error:
+        print(f"mergenas {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_NON_FINITE_LOSS
     except USER_ERRORS as error:
         print(f"mergenas {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID_INPUT
+    except RunInterrupted as error:
+        print(f"mergenas {args.command}: {error}", file=sys.stderr)
+        return error.exit_status
     except KeyboardInterrupt:
         print(f"mergenas {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -7,10 +7,11 @@ from mergenas.spaces.nb201 import CellError
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mergenas.benchmarks import BenchmarkError
+    from mergenas.checkpoint import NonFiniteLossError
     from mergenas.data import DataError
     from mergenas.search import SearchError
 
-    return (CellError, BenchmarkError, DataError, SearchError, FileNotFoundError)
+    return (CellError, BenchmarkError, DataError, SearchError, NonFiniteLossError, FileNotFoundError)
 
 
 USER_ERRORS = _user_errors()
