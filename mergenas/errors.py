@@ -10,8 +10,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mergenas.checkpoint import NonFiniteLossError
     from mergenas.data import DataError
     from mergenas.search import SearchError
+    from mergenas.spaces.darts import GenotypeError
+    from mergenas.train import TrainError
 
-    return (CellError, BenchmarkError, DataError, SearchError, NonFiniteLossError, FileNotFoundError)
+    return (
+        CellError,
+        GenotypeError,
+        BenchmarkError,
+        DataError,
+        SearchError,
+        TrainError,
+        NonFiniteLossError,
+        FileNotFoundError,
+    )
 
 
 USER_ERRORS = _user_errors()
