@@ -679,3 +679,455 @@ def profile_table(comparison) -> tuple[list[str], list[list]]:
         rows.append([name, measurement.parameters, measurement.median_s, measurement.min_s,
                      measurement.max_s, measurement.peak_mib])
     return headers, rows
+
+
+# -- notebooks 7 and 8: the DARTS space -------------------------------------------------------
+
+# SearchConfig overrides of the DARTS-space searches of notebooks 7 and 8, per notebook preset.
+# Settings left out come from `mergenas.presets.PRESETS["darts"]`. There `ci` is 1 epoch on 32
+# images with 3 cells, `cpu` 5 cells and `paper` 50 epochs on all 50,000 images with 8 cells.
+#
+# NOTE: the `cpu` sizes are set by the time budget of notebooks 7 and 8 (both in under 15 minutes
+# on 2 shared CPU cores), not by the method: 16 steps per search on 5 cells. On one torch thread,
+# with other jobs on the cores, 20 such steps took 137 s for DARTS and 94 s for MergeNAS (first
+# order, batch 16). Such searches show that the pipeline works, not which cell the method finds.
+DARTS_SEARCH_PRESETS: dict[str, dict[str, object]] = {
+    "ci": {},
+    "cpu": {"epochs": 2, "batch_size": 16, "train_limit": 256},
+    "paper": {},
+}
+# Overrides of the 20-cell search of Table 3, applied on top of DARTS_SEARCH_PRESETS. At `ci` it
+# keeps the minimum of one batch per search half.
+DEEP_SEARCH_PRESETS: dict[str, dict[str, object]] = {
+    "ci": {"train_limit": 16},
+    "cpu": {"epochs": 1, "train_limit": 64},
+    "paper": {},
+}
+
+# TrainConfig overrides of the trainings of notebook 8, per notebook preset. Settings left out
+# come from `mergenas.train.TRAIN_PRESETS`. `ci` trains 2 epochs of 4 steps so that the learning
+# curve has two points.
+# `cpu` trains 5 cells at C=16 for 3 epochs of 10 steps and tests on 1,000 images, so that the
+# six trainings of notebook 8 fit its time budget. An 8-cell network took 1.4 s per step of 32
+# images on one torch thread with other jobs on the cores.
+DARTS_TRAIN_PRESETS: dict[str, dict[str, object]] = {
+    "ci": {"epochs": 2, "train_limit": 32, "test_limit": 64},
+    "cpu": {"epochs": 3, "cells": 5, "train_limit": 320, "test_limit": 1000},
+    "paper": {},
+}
+
+# The DARTS-space search and evaluation of Wang et al. (MergeNAS, IJCAI 2020).
+_PAPER_DARTS_SEARCH = {"cells": 8, "channels": 16, "epochs": 50, "batch_size": 64, "train_limit": None}
+_PAPER_DARTS_TRAINING = {"cells": 20, "channels": 36, "epochs": 600, "batch_size": 96,
+                         "train_limit": None, "test_limit": None}
+_DARTS_LABELS = {
+    "cells": "cells",
+    "channels": "channels of the first cell",
+    "epochs": "epochs",
+    "batch_size": "batch size",
+    "train_limit": "training images",
+    "test_limit": "test images",
+}
+
+
+def darts_search_config(
+    preset: str,
+    method: str,
+    order: int = 1,
+    cells: int | None = None,
+    seed: int = 0,
+    data_root: str | None = None,
+) -> SearchConfig:
+    """Build the resolved SearchConfig of one DARTS-space notebook search.
+
+    `cells` set to 20 selects the deep search of Table 3 and its DEEP_SEARCH_PRESETS overrides;
+    None keeps the preset's supernet depth. The `paper` preset runs on a GPU when there is one.
+    """
+    _check_preset(preset)
+    overrides = dict(DARTS_SEARCH_PRESETS[preset])
+    if cells is not None:
+        overrides["cells"] = cells
+        if cells >= 20:
+            overrides.update(DEEP_SEARCH_PRESETS[preset])
+    config = SearchConfig(
+        space="darts",
+        method=method,
+        preset=preset,
+        order=order,
+        seed=seed,
+        data_root=data_root,
+        device="auto" if preset == "paper" else "cpu",
+        **overrides,
+    )
+    return config.resolved()
+
+
+def darts_train_config(preset: str, genotype: str, seed: int = 0, data_root: str | None = None):
+    """Build the resolved TrainConfig of one notebook training; `genotype` is a name or JSON file."""
+    from mergenas.train import TrainConfig
+
+    _check_preset(preset)
+    config = TrainConfig(
+        genotype=genotype,
+        preset=preset,
+        seed=seed,
+        data_root=data_root,
+        device="auto" if preset == "paper" else "cpu",
+        **DARTS_TRAIN_PRESETS[preset],
+    )
+    return config.resolved()
+
+
+def _describe_settings(title: str, ours: dict, paper: dict) -> list[str]:
+    lines = [title]
+    for key, value in paper.items():
+        mine = ours[key]
+        shown_mine, shown_paper = mine, value
+        if key.endswith("_limit"):
+            total = "10,000" if key == "test_limit" else "50,000"
+            shown_mine = f"all {total}" if mine is None else f"{mine:,}"
+            shown_paper = f"all {total}" if value is None else f"{value:,}"
+        mark = "" if mine == value else "   (differs from the paper)"
+        lines.append(f"  {_DARTS_LABELS[key]}: {shown_mine}, paper {shown_paper}{mark}")
+    return lines
+
+
+def describe_darts_preset(preset: str, training: bool = False) -> str:
+    """Return a few lines that list the DARTS-space search (and training) settings beside the paper's."""
+    search_config = darts_search_config(preset, "mergenas")
+    lines = _describe_settings(f"preset {preset!r}: DARTS-space search settings",
+                               search_config.to_dict(), _PAPER_DARTS_SEARCH)
+    lines.append("  architecture step: first order (the paper reports first and second order)")
+    if training:
+        train_config = darts_train_config(preset, "MERGENAS_PAPER")
+        lines += _describe_settings(f"preset {preset!r}: training from scratch",
+                                    _config_dict(train_config), _PAPER_DARTS_TRAINING)
+    return "\n".join(lines)
+
+
+def _config_dict(config) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+# Settings that must agree between a cached DARTS-space search and the requested one.
+_DARTS_CACHE_KEYS = tuple(key for key in _CACHE_KEYS if key != "cells_per_stage") + ("cells", "arch_betas")
+
+
+def darts_run_dir(runs_dir: str | os.PathLike, config: SearchConfig) -> Path:
+    """Return `<runs_dir>/<preset>/darts-space/<method>-order<order>-cells<cells>-seed<seed>`."""
+    name = f"{config.method}-order{config.order}-cells{config.cells}-seed{config.seed}"
+    return Path(runs_dir) / config.preset / "darts-space" / name
+
+
+def _cache_differences(stored: dict, wanted: dict, keys) -> list[str]:
+    # JSON turns tuples into lists, so compare list forms.
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    return [
+        f"{key}: cached {stored.get(key)!r}, requested {wanted[key]!r}"
+        for key in keys
+        if plain(stored.get(key)) != plain(wanted[key])
+    ]
+
+
+def _raise_if_differs(path: Path, differences: list[str]) -> None:
+    if differences:
+        raise RunCacheError(
+            f"the cached run in {path} was made with other settings ({'; '.join(differences)}). "
+            "Delete that folder to run again, or pass another runs_dir."
+        )
+
+
+@dataclass
+class DartsRun(Run):
+    """One DARTS-space search of the run cache."""
+
+    @property
+    def label(self) -> str:
+        name = _METHOD_NAMES.get(self.config.method, self.config.method)
+        return f"{name} order {self.config.order}, {self.config.cells} cells"
+
+
+def cached_darts_search(config: SearchConfig, runs_dir: str | os.PathLike, progress: bool = True) -> DartsRun:
+    """Return the DARTS-space search `config` from the run cache, searching or resuming only when needed.
+
+    Works like `cached_search`, in the folder `darts_run_dir(runs_dir, config)`.
+    """
+    path = darts_run_dir(runs_dir, config)
+    if (path / "config.json").exists():
+        stored = json.loads((path / "config.json").read_text())
+        _raise_if_differs(path, _cache_differences(stored, config.to_dict(), _DARTS_CACHE_KEYS))
+        if (path / "result.json").exists():
+            result = json.loads((path / "result.json").read_text())
+            status = "loaded"
+        else:
+            log.info("resuming the unfinished search in %s", path)
+            result = resume(path, progress=progress)
+            status = "resumed"
+    else:
+        log.info("searching into %s", path)
+        result = search(config, path, progress=progress)
+        status = "searched"
+    return DartsRun(path=path, result=result, records=read_log(path), status=status, config=config)
+
+
+# Settings that must agree between a cached training and the requested one. The genotype is
+# compared by value, so the file it was read from does not matter.
+_TRAIN_CACHE_KEYS = (
+    "preset", "epochs", "batch_size", "train_limit", "test_limit", "cells", "channels", "seed",
+    "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight", "cutout", "drop_path",
+)
+
+
+@dataclass
+class Training:
+    """One training from scratch of the run cache: its folder, result, per-epoch log and status."""
+
+    name: str
+    path: Path
+    result: dict
+    records: list[dict]
+    status: str  # "loaded" (from the cache), "resumed" or "trained"
+
+
+def training_run_dir(runs_dir: str | os.PathLike, preset: str, name: str, seed: int) -> Path:
+    """Return `<runs_dir>/<preset>/train/<name>-seed<seed>`."""
+    return Path(runs_dir) / preset / "train" / f"{name}-seed{seed}"
+
+
+def cached_training(name: str, config, runs_dir: str | os.PathLike, progress: bool = True) -> Training:
+    """Return the training `config` (a TrainConfig) from the run cache, training only when needed.
+
+    A folder with result.json is loaded, one with config.json only is resumed, and a missing one
+    is trained. Raises RunCacheError when the cached run has other settings or another genotype.
+    """
+    from mergenas import train as training
+    from mergenas.spaces.darts import load_genotype
+
+    path = training_run_dir(runs_dir, config.preset, name, config.seed)
+    if (path / "config.json").exists():
+        stored = json.loads((path / "config.json").read_text())
+        wanted = {**_config_dict(config), "genotype_value": load_genotype(config.genotype).to_dict()}
+        _raise_if_differs(path, _cache_differences(stored, wanted, _TRAIN_CACHE_KEYS + ("genotype_value",)))
+        if (path / "result.json").exists():
+            result = json.loads((path / "result.json").read_text())
+            status = "loaded"
+        else:
+            log.info("resuming the unfinished training in %s", path)
+            result = training.resume(path, progress=progress)
+            status = "resumed"
+    else:
+        log.info("training into %s", path)
+        result = training.train(config, path, progress=progress)
+        status = "trained"
+    records = training._read_log(path / training.LOG_NAME)
+    return Training(name=name, path=path, result=result, records=records, status=status)
+
+
+def merged_separable_error(stride: int = 1, channels: int = 4, seed: int = 0) -> float:
+    """Compare a MergeNAS edge's one separable convolution with the four it replaces, in float64.
+
+    The reference runs sep_conv_3x3, sep_conv_5x5, dil_conv_3x3 and dil_conv_5x5 as their own
+    depth-wise convolutions, with the kernels cut out of the shared 9x9 kernel W_d, and sums
+    their softmax-weighted outputs before the shared point-wise kernel W_p. The library side is
+    `MergedEdge.merged_separable`, the convolution with M~ * W_d. Returns the max relative error.
+    """
+    from mergenas.spaces.darts import OPS, SEPARABLE_OPS
+    from mergenas.spaces.darts_net import MergedEdge
+
+    generator = torch.Generator().manual_seed(seed)
+    edge = MergedEdge(channels, stride).double()
+    with torch.no_grad():
+        edge.depthwise.copy_(torch.randn(edge.depthwise.shape, dtype=torch.float64, generator=generator))
+        edge.pointwise.copy_(torch.randn(edge.pointwise.shape, dtype=torch.float64, generator=generator))
+    weights = torch.softmax(torch.randn(len(OPS), dtype=torch.float64, generator=generator), dim=0)
+    x = _random_input(channels, generator)
+
+    # (kernel size, dilation rate, slice of the 9x9 kernel) of each separable op
+    taps = {
+        "sep_conv_3x3": (3, 1, slice(3, 6)),
+        "sep_conv_5x5": (5, 1, slice(2, 7)),
+        "dil_conv_3x3": (3, 2, slice(2, 7, 2)),
+        "dil_conv_5x5": (5, 2, slice(0, 9, 2)),
+    }
+    hidden = 0
+    for name in SEPARABLE_OPS:
+        size, rate, window = taps[name]
+        kernel = edge.depthwise.detach()[:, :, window, window]  # (C, 1, size, size)
+        padding = rate * (size - 1) // 2
+        out = F.conv2d(F.relu(x), kernel, stride=stride, padding=padding, dilation=rate, groups=channels)
+        hidden = hidden + weights[OPS.index(name)] * out
+    reference = F.conv2d(hidden, edge.pointwise.detach())
+    with torch.no_grad():
+        result = edge.merged_separable(x, weights)
+    return max_relative_error(result, reference)
+
+
+def separable_edge_parameters(channels: int) -> dict[str, int]:
+    """Return the weights of the separable ops of one edge: per DARTS op, their sum, and MergeNAS's.
+
+    A single separable op has k*k*C depth-wise and C*C point-wise weights; the merged edge has
+    one 9x9 depth-wise kernel and one point-wise kernel.
+    """
+    counts = {
+        "sep_conv_3x3": 9 * channels + channels * channels,
+        "sep_conv_5x5": 25 * channels + channels * channels,
+        "dil_conv_3x3": 9 * channels + channels * channels,
+        "dil_conv_5x5": 25 * channels + channels * channels,
+    }
+    counts["DARTS edge (sum)"] = sum(counts.values())
+    counts["MergeNAS edge"] = 81 * channels + channels * channels
+    return counts
+
+
+def supernet_parameters(cells_list: list[int], channels: int = 16) -> tuple[list[str], list[list]]:
+    """Return a table of the DARTS and MergeNAS supernets' weights (alphas excluded) per depth."""
+    from mergenas.spaces.darts_net import DartsSupernet
+
+    headers = ["cells", "DARTS supernet", "MergeNAS supernet", "MergeNAS / DARTS"]
+    rows = []
+    for cells in cells_list:
+        darts = DartsSupernet("darts", channels=channels, cells=cells).num_weight_parameters()
+        merged = DartsSupernet("mergenas", channels=channels, cells=cells).num_weight_parameters()
+        rows.append([cells, darts, merged, merged / darts])
+    return headers, rows
+
+
+# Batch size of the memory measurement of notebook 7, per notebook preset. Saved-tensor bytes
+# grow linearly with the batch, so a small batch shows the same ratio between the modes.
+MEMORY_BATCH: dict[str, int] = {"ci": 2, "cpu": 16, "paper": 64}
+
+
+def search_memory_table(preset: str, cells_list: list[int]) -> tuple[list[str], list[list]]:
+    """Measure both supernet modes with `measure_search_memory` at each depth; return a table.
+
+    The memory is the bytes autograd saves for one backward pass (and, on a GPU, the peak
+    allocation), in MiB, at the batch size MEMORY_BATCH[preset].
+    """
+    from mergenas.spaces.darts_net import measure_search_memory
+
+    _check_preset(preset)
+    device = "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu"
+    headers = ["cells", "batch", "method", "saved MiB", "GPU peak MiB"]
+    rows = []
+    for cells in cells_list:
+        for method in ("darts", "mergenas"):
+            measured = measure_search_memory(method, cells, batch_size=MEMORY_BATCH[preset], device=device)
+            peak = measured.get("cuda_peak_bytes")
+            rows.append([cells, MEMORY_BATCH[preset], _METHOD_NAMES[method], measured["saved_bytes"] / 2**20,
+                         None if peak is None else peak / 2**20])
+    return headers, rows
+
+
+def evaluation_parameters(genotypes: dict[str, object], channels: int = 36, cells: int = 20) -> dict[str, float]:
+    """Return the parameters in millions of each genotype's evaluation network (auxiliary head excluded)."""
+    from mergenas.spaces.darts_net import DartsNetwork
+
+    return {name: DartsNetwork(genotype, channels=channels, cells=cells).num_parameters() / 1e6
+            for name, genotype in genotypes.items()}
+
+
+def multiply_adds(genotype, channels: int = 36, cells: int = 20, image_size: int = 32) -> int:
+    """Count the multiply-adds of one forward pass of a genotype's evaluation network on one image.
+
+    Counts every convolution and linear layer (the auxiliary head excluded, as in eval mode).
+    """
+    from torch import nn
+
+    from mergenas.spaces.darts_net import DartsNetwork
+
+    model = DartsNetwork(genotype, channels=channels, cells=cells).eval()
+    total = 0
+
+    def count(module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * per_output
+        else:
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+# -- Tables 1 and 3 ---------------------------------------------------------------------------
+
+# Table 1 of Wang et al. (MergeNAS, IJCAI 2020), CIFAR-10: test error (%), parameters (M) of the
+# 20-cell C=36 network, and search cost (GPU-days on a GTX 1080 Ti), keyed by (method, order).
+# The DARTS rows are quoted there from DARTS; only the range 3.3-3.4 M is given for both.
+PAPER_TABLE1: dict[tuple[str, int], dict[str, object]] = {
+    ("darts", 1): {"error": "3.00 ± 0.14", "parameters_m": "3.3-3.4", "gpu_days": 0.4},
+    ("darts", 2): {"error": "2.76 ± 0.09", "parameters_m": "3.3-3.4", "gpu_days": 1.0},
+    ("mergenas", 1): {"error": "2.73 ± 0.02", "parameters_m": "2.9", "gpu_days": 0.2},
+    ("mergenas", 2): {"error": "2.68 ± 0.01", "parameters_m": "2.9", "gpu_days": 0.6},
+}
+# Table 3 of the same paper (depth transfer): CIFAR-10 test accuracy (%) and parameters (M) of
+# the 20-cell evaluation network, keyed by (supernet cells, order).
+PAPER_TABLE3: dict[tuple[int, int], dict[str, float]] = {
+    (8, 1): {"accuracy": 97.27, "parameters_m": 2.87},
+    (8, 2): {"accuracy": 97.33, "parameters_m": 2.92},
+    (20, 1): {"accuracy": 97.44, "parameters_m": 2.96},
+}
+
+# (row label, training name in notebook 8, key of PAPER_TABLE1 or None)
+TABLE1_ROWS = (
+    ("DARTS, 1st order", "darts-order1", ("darts", 1)),
+    ("DARTS, 2nd order (the DARTS_V2 cell)", "darts-v2", ("darts", 2)),
+    ("MergeNAS, 1st order", "mergenas-order1", ("mergenas", 1)),
+    ("MergeNAS, 2nd order", "mergenas-order2", ("mergenas", 2)),
+    ("MergeNAS, Figure 2 cell (reconstructed)", "mergenas-paper", None),
+)
+# (row label, training name, search order, key of PAPER_TABLE3)
+TABLE3_ROWS = (
+    ("shallow supernet, 1st order", "mergenas-order1", (8, 1)),
+    ("shallow supernet, 2nd order", "mergenas-order2", (8, 2)),
+    ("20-cell supernet, 1st order", "mergenas-order1-cells20", (20, 1)),
+)
+
+
+def table1(trainings: dict[str, "Training"], evaluation_m: dict[str, float]) -> tuple[list[str], list[list]]:
+    """Lay out Table 1: per method a row of ours (trained here) and a row of the paper.
+
+    `trainings` and `evaluation_m` (parameters in millions of the 20-cell C=36 network) are keyed
+    by the training names of TABLE1_ROWS; rows whose training is missing are left out.
+    """
+    headers = ["method", "source", "test error (%)", "params (M), as trained",
+               "params (M), 20 cells C=36", "search (GPU-days)"]
+    rows = []
+    for label, name, key in TABLE1_ROWS:
+        if name not in trainings:
+            continue
+        result = trainings[name].result
+        rows.append([label, "ours", result["test_error"], result["parameters_m"], evaluation_m[name], None])
+        if key is not None:
+            paper = PAPER_TABLE1[key]
+            rows.append([label, "paper", paper["error"], None, paper["parameters_m"], paper["gpu_days"]])
+    return headers, rows
+
+
+def table3(trainings: dict[str, "Training"], evaluation_m: dict[str, float],
+           search_cells: dict[str, int]) -> tuple[list[str], list[list]]:
+    """Lay out Table 3: per search depth and order a row of ours and a row of the paper.
+
+    `search_cells` maps a training name to the depth of the supernet its genotype came from.
+    """
+    headers = ["search", "source", "supernet cells", "test accuracy (%)", "params (M), as trained",
+               "params (M), 20 cells C=36"]
+    rows = []
+    for label, name, key in TABLE3_ROWS:
+        if name not in trainings:
+            continue
+        result = trainings[name].result
+        rows.append([label, "ours", search_cells[name], result["test_accuracy"], result["parameters_m"],
+                     evaluation_m[name]])
+        paper = PAPER_TABLE3[key]
+        rows.append([label, "paper", key[0], paper["accuracy"], None, paper["parameters_m"]])
+    return headers, rows

@@ -277,3 +277,117 @@ def saliency_widget(masks: Mapping[str, torch.Tensor], alphas: Mapping[str, floa
         slider.observe(redraw, names="value")
     redraw()
     return ipywidgets.VBox([ipywidgets.VBox(list(sliders.values())), image])
+
+
+# -- DARTS-space cells -------------------------------------------------------------------------
+
+DARTS_OP_COLOURS = {
+    "skip_connect": "#d62728",
+    "max_pool_3x3": "#9467bd",
+    "avg_pool_3x3": "#ff7f0e",
+    "sep_conv_3x3": "#2ca02c",
+    "sep_conv_5x5": "#1f77b4",
+    "dil_conv_3x3": "#8c564b",
+    "dil_conv_5x5": "#e377c2",
+}
+# Node positions of a DARTS cell: the two inputs on the left, the 4 intermediate nodes on a
+# descending diagonal, the output (concatenation) on the right.
+_DARTS_NODE_XY = {
+    "c_{k-2}": (0.0, 1.3),
+    "c_{k-1}": (0.0, -1.3),
+    "0": (2.0, 1.7),
+    "1": (3.6, 0.6),
+    "2": (5.2, -0.5),
+    "3": (6.8, -1.6),
+    "c_{k}": (8.6, 0.0),
+}
+
+
+def _passes_near_node(start, end, limit: float = 0.5) -> bool:
+    """Tell whether the straight segment start-end passes within `limit` of another node."""
+    a, b = np.array(start), np.array(end)
+    for point in _DARTS_NODE_XY.values():
+        p = np.array(point)
+        if np.allclose(p, a) or np.allclose(p, b):
+            continue
+        t = np.clip(np.dot(p - a, b - a) / np.dot(b - a, b - a), 0.0, 1.0)
+        if np.linalg.norm(a + t * (b - a) - p) < limit:
+            return True
+    return False
+
+
+def _darts_node_name(source: int) -> str:
+    return ("c_{k-2}", "c_{k-1}")[source] if source < 2 else str(source - 2)
+
+
+def draw_darts_cell(pairs, concat=(2, 3, 4, 5), ax=None, title: str | None = None):
+    """Draw one DARTS-space cell as a graph, in the layout of the cells of DARTS and MergeNAS.
+
+    `pairs` are the cell's (op, input) pairs of a `Genotype` (`genotype.normal` or
+    `genotype.reduce`): entries 2i and 2i+1 feed intermediate node i, and input 0 is c_{k-2},
+    1 is c_{k-1} and 2..5 are nodes 0..3. Each edge is labelled with its op; grey arrows join
+    the nodes in `concat` to the output c_{k}.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8.5, 4.0))
+    for position, (op, source) in enumerate(pairs):
+        start = _DARTS_NODE_XY[_darts_node_name(source)]
+        end = _DARTS_NODE_XY[str(position // 2)]
+        bend = 0.35 if _passes_near_node(start, end) else 0.0
+        colour = DARTS_OP_COLOURS.get(op, "black")
+        ax.add_patch(FancyArrowPatch(
+            start, end, connectionstyle=f"arc3,rad={bend}", arrowstyle="-|>", mutation_scale=12,
+            shrinkA=15, shrinkB=15, color=colour, linewidth=1.8,
+        ))
+        # Label at the arc's midpoint: the chord midpoint shifted along the chord's normal.
+        (x0, y0), (x1, y1) = start, end
+        label_x = (x0 + x1) / 2 + bend * (y1 - y0) / 2
+        label_y = (y0 + y1) / 2 - bend * (x1 - x0) / 2
+        ax.text(label_x, label_y, op, fontsize=7, ha="center", va="center", color=colour,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.5})
+    for node in concat:
+        start = _DARTS_NODE_XY[_darts_node_name(node)]
+        bend = 0.35 if _passes_near_node(start, _DARTS_NODE_XY["c_{k}"]) else 0.0
+        ax.add_patch(FancyArrowPatch(
+            start, _DARTS_NODE_XY["c_{k}"], connectionstyle=f"arc3,rad={bend}", arrowstyle="-|>",
+            mutation_scale=10, shrinkA=15, shrinkB=15, color="#bbbbbb", linewidth=1,
+        ))
+    for name, (x, y) in _DARTS_NODE_XY.items():
+        is_io = name.startswith("c_")
+        ax.scatter([x], [y], s=900, color="#dbe9f6" if is_io else "white", edgecolor="black", zorder=3)
+        ax.text(x, y, f"${name}$" if is_io else name, ha="center", va="center", fontsize=9, zorder=4)
+    ax.set_xlim(-0.6, 9.2)
+    ax.set_ylim(-2.4, 2.4)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax.figure
+
+
+def plot_darts_genotypes(genotypes: Mapping[str, object]):
+    """Draw the normal and the reduction cell of each genotype (name -> `Genotype`), one row each."""
+    figure, axes = plt.subplots(len(genotypes), 2, figsize=(15, 3.9 * len(genotypes)), squeeze=False)
+    for row, (name, genotype) in zip(axes, genotypes.items()):
+        draw_darts_cell(genotype.normal, genotype.normal_concat, row[0], f"{name}: normal cell")
+        draw_darts_cell(genotype.reduce, genotype.reduce_concat, row[1], f"{name}: reduction cell")
+    figure.tight_layout()
+    return figure
+
+
+def plot_learning_curves(trainings: Mapping[str, Sequence[dict]]):
+    """Plot the training loss and accuracy per epoch of each training (name -> its log records)."""
+    figure, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for name, records in trainings.items():
+        epochs = [record["epoch"] for record in records]
+        loss_ax.plot(epochs, [record["train_loss"] for record in records], marker="o", markersize=3, label=name)
+        accuracy_ax.plot(epochs, [record["train_acc"] for record in records], marker="o", markersize=3, label=name)
+    loss_ax.set_ylabel("training loss (with the auxiliary head)")
+    accuracy_ax.set_ylabel("training accuracy (%)")
+    for ax in (loss_ax, accuracy_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    accuracy_ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
