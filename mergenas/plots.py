@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import FancyArrowPatch
+from matplotlib.ticker import MaxNLocator
 
 from mergenas.spaces.nb201 import EDGES, OPS, Cell, parse_cell
 
@@ -233,6 +234,7 @@ def plot_stability(curves: Mapping[tuple[str, float], Sequence[Sequence[float]]]
             ax.axhline(optimum, color="black", linestyle=":", linewidth=1, label=f"optimum {optimum:.2f}")
         ax.set_title(f"weight decay {decay:g}", fontsize=10)
         ax.set_xlabel("search epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
     axes[0].set_ylabel(dataset_label)
