@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -203,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="MergeNAS: differentiable architecture search with one merged convolution per edge.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download CIFAR-10 into the data root when it is missing "
+        "(needs a network connection; the same as MERGENAS_DOWNLOAD=1)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_search_parser(subparsers)
     _add_lookup_parser(subparsers)
@@ -215,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.download:
+        from mergenas.data import DOWNLOAD_ENV_VAR
+
+        os.environ[DOWNLOAD_ENV_VAR] = "1"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mergenas.errors import USER_ERRORS
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 DATA_ENV_VAR = "MERGENAS_DATA"
+# Set to 1 to let torchvision download CIFAR-10 into the data root when no copy is there.
+DOWNLOAD_ENV_VAR = "MERGENAS_DOWNLOAD"
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 
 CIFAR10_DIR = "cifar10"
@@ -95,16 +97,24 @@ def clear_cache() -> None:
     _CIFAR10_CACHE.clear()
 
 
-def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = False) -> Cifar10:
+def download_enabled() -> bool:
+    """Return whether MERGENAS_DOWNLOAD (set by the command line's `--download`) is 1."""
+    return os.environ.get(DOWNLOAD_ENV_VAR, "").strip().lower() in ("1", "true", "yes")
+
+
+def load_cifar10(data_root: str | os.PathLike | None = None, download: bool | None = None) -> Cifar10:
     """Load CIFAR-10 from the data root, once per process and source.
 
     Sources, in order: `<root>/cifar10/cifar10.npz` (keys x_train, y_train, x_test, y_test,
     classes), then torchvision's files under `<root>/cifar10`. With `download=True` and neither
-    present, torchvision downloads its files there, which needs a network connection.
+    present, torchvision downloads its files there, which needs a network connection. `None`
+    takes the choice from the environment variable MERGENAS_DOWNLOAD.
 
     Raises MissingDataError when no source exists and `download` is False, and DataError when a
     file is corrupt or contains arrays of the wrong shape or dtype.
     """
+    if download is None:
+        download = download_enabled()
     root = resolve_data_root(data_root)
     folder = root / CIFAR10_DIR
     npz_path = folder / CIFAR10_NPZ
@@ -118,8 +128,9 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Fa
         raise MissingDataError(
             f"CIFAR-10 not found: looked for {npz_path} and for torchvision's files in "
             f"{torchvision_path}. {_how_to_set_root(root)} That folder must contain "
-            f"{CIFAR10_DIR}/{CIFAR10_NPZ}; alternatively run once with download enabled on a "
-            f"machine that is online, which lets torchvision download CIFAR-10 into {folder}."
+            f"{CIFAR10_DIR}/{CIFAR10_NPZ}; alternatively run once with --download (or "
+            f"{DOWNLOAD_ENV_VAR}=1) on a machine that is online, which lets torchvision download "
+            f"CIFAR-10 into {folder}."
         )
 
     cached = _CIFAR10_CACHE.get(source)

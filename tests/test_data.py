@@ -443,3 +443,32 @@ def test_stream_cuda_matches_cpu():
         assert cuda_images.device.type == "cuda"
         assert torch.equal(cuda_labels.cpu(), cpu_labels)
         assert torch.allclose(cuda_images.cpu(), cpu_images, atol=1e-6)
+
+
+def test_download_flag_reaches_torchvision(tmp_path, monkeypatch):
+    """`mergenas --download` lets torchvision fetch CIFAR-10 when no copy is under the root."""
+    import torchvision
+
+    from mergenas import cli
+
+    requested = []
+
+    def refuse_download(root, train, download):
+        requested.append((root, train, download))
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", refuse_download)
+    # setenv records the variable, so the value main() writes is undone after the test.
+    monkeypatch.setenv("MERGENAS_DOWNLOAD", "0")
+    status = cli.main(["--download", "search", "--preset", "ci", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert status == 2
+    assert requested == [(str(tmp_path / "cifar10"), True, True)]
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_mentions_download(tmp_path, monkeypatch):
+    monkeypatch.delenv("MERGENAS_DOWNLOAD", raising=False)
+    with pytest.raises(MissingDataError) as error:
+        load_cifar10(tmp_path)
+    assert "--download" in str(error.value)
+    assert str(tmp_path / "cifar10" / "cifar10.npz") in str(error.value)
