@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mergenas import atomic
+from mergenas.device import resolve_device as _resolve_device
 from mergenas.checkpoint import (  # noqa: F401 (NonFiniteLossError is re-exported)
     CHECKPOINT_NAME,
     InterruptGuard,
@@ -200,11 +201,7 @@ def _check_number(name: str, value, positive: bool) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SearchError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    return _resolve_device(name, SearchError)
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from mergenas.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from mergenas.device import resolve_device
 from mergenas.data import BatchStream, load_cifar10, normalize_batch, to_tensor_images
 from mergenas.spaces.darts import Genotype, load_genotype
 from mergenas.spaces.darts_net import DartsNetwork
@@ -117,11 +118,7 @@ class TrainConfig:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    return resolve_device(name, TrainError)
 
 
 def apply_cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
