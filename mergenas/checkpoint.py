@@ -38,17 +38,27 @@ class RunInterrupted(Exception):
         self.exit_status = 128 + signal_number
 
 
+def stop_position(epoch: int, step: int) -> str:
+    """Describe where a run stopped, counting from 1 as log.jsonl does.
+
+    `epoch` is the number of completed epochs and `step` the steps completed in the next one.
+    """
+    if step == 0:
+        return f"after epoch {epoch}"
+    return f"after step {step} of epoch {epoch + 1}"
+
+
 def check_finite_loss(loss, which: str, epoch: int, step: int) -> None:
     """Raise NonFiniteLossError when `loss` (a tensor or a float) is NaN or infinite.
 
-    `which` names the loss in the message (e.g. "weight", "architecture"); `epoch` and `step`
-    are 0-based and are printed as they are given.
+    `which` names the loss in the message (e.g. "weight", "architecture"). `epoch` and `step` are
+    0-based indices; the message counts from 1, as log.jsonl and the progress bars do.
     """
     value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
     if math.isfinite(value):
         return
     raise NonFiniteLossError(
-        f"the {which} loss became {value} at epoch {epoch}, step {step} (both counted from 0), so "
+        f"the {which} loss became {value} in step {step + 1} of epoch {epoch + 1}, so "
         "the run stopped; a checkpoint written before this step stays as it was. Try a lower "
         "learning rate (--lr or --arch-lr), a lower weight decay or a smaller gradient clip, or "
         "start again with another seed."
@@ -94,7 +104,12 @@ def interrupt_guard(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
 
     def handle(signal_number, frame):
         if guard.requested:
-            raise RunInterrupted(f"stopped by a second {signal.Signals(signal_number).name}", signal_number)
+            raise RunInterrupted(
+                f"stopped by a second {signal.Signals(signal_number).name} before the checkpoint "
+                "of the current step was saved; --resume continues from the last checkpoint, "
+                "or starts the run again when there is none",
+                signal_number,
+            )
         guard.signal_number = signal_number
         log.warning("%s received; stopping after the current step", signal.Signals(signal_number).name)
 

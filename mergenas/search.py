@@ -64,6 +64,7 @@ from mergenas.checkpoint import (  # noqa: F401 (NonFiniteLossError is re-export
     RunInterrupted,
     capture_rng_state,
     check_finite_loss,
+    stop_position,
     interrupt_guard,
     restore_rng_state,
     setting_differences,
@@ -590,8 +591,8 @@ class Searcher:
 
     def _stopped_where(self) -> str:
         return (
-            f"at epoch {self.epoch}, step {self.step} (both counted from 0); the checkpoint in "
-            f"{self.run_dir} is saved, continue with: mergenas search --resume {self.run_dir}"
+            f"{stop_position(self.epoch, self.step)}; the checkpoint in {self.run_dir} is saved, "
+            f"continue with: mergenas search --resume {self.run_dir}"
         )
 
     def _write_result(self) -> dict:

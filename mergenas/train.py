@@ -33,6 +33,7 @@ from mergenas import atomic
 from mergenas.checkpoint import (
     capture_rng_state,
     check_finite_loss,
+    stop_position,
     interrupt_guard,
     load_checkpoint,
     restore_rng_state,
@@ -300,7 +301,9 @@ class Trainer:
                     with open(log_path, "a") as handle:
                         handle.write(json.dumps(record) + "\n")
                     log.info("epoch %d: train acc %.2f%%, loss %.4f", record["epoch"], record["train_acc"], record["train_loss"])
-                guard.raise_if_requested(f"at epoch {self.epoch}, step {self.step}; resume with --resume {self.run_dir}")
+                guard.raise_if_requested(
+                    f"{stop_position(self.epoch, self.step)}; resume with --resume {self.run_dir}"
+                )
 
         accuracy = self.test_accuracy()
         result = {

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export MPLBACKEND=Agg
-.venv/bin/python -m pytest tests "$@"
+# The stored notebooks hold the inline backend's figure outputs, so only the unit tests get Agg.
+MPLBACKEND=Agg .venv/bin/python -m pytest tests "$@"
 .venv/bin/python -m pytest --nbval notebooks/ \
     --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider

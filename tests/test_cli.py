@@ -134,7 +134,7 @@ def test_interrupt_exit_status(tmp_path, data_root, one_thread, monkeypatch, cap
     status = cli.main(["search", *TINY_ARGS, "--data-root", str(data_root), "--out", str(run_dir)])
     stderr = capsys.readouterr().err
     assert status == 143
-    assert "stopped by SIGTERM at epoch 1, step 1" in stderr
+    assert "stopped by SIGTERM after step 1 of epoch 2" in stderr
     assert f"mergenas search --resume {run_dir}" in stderr
 
 

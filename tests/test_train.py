@@ -81,7 +81,7 @@ def test_nan_loss_names_epoch_and_step(tmp_path, monkeypatch):
         return out * float("nan") if calls["count"] == 4 else out  # epoch 1, step 1
 
     monkeypatch.setattr(train_module, "apply_cutout", poisoned_cutout)
-    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):
+    with pytest.raises(NonFiniteLossError, match="in step 2 of epoch 2"):
         train(_tiny_config(), tmp_path, progress=False)
     last_checkpoint = load_checkpoint(tmp_path)
     assert last_checkpoint["epoch"] == 1
