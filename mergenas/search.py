@@ -153,6 +153,17 @@ class SearchConfig:
         if self.order not in ORDERS:
             raise SearchError(f"order must be 1 or 2, got {self.order!r}")
         depth = "cells_per_stage" if self.space == "nb201" else "cells"
+        other_depth = "cells" if self.space == "nb201" else "cells_per_stage"
+        if getattr(self, other_depth) is not None:
+            raise SearchError(
+                f"{other_depth} applies to the other search space and would be ignored in "
+                f"space {self.space!r}; set {depth} instead"
+            )
+        if self.space == "darts" and not self.merge_parameter_free:
+            raise SearchError(
+                "separate parameter-free ops are the only choice in the darts space (skip and "
+                "pooling cannot merge into a separable convolution); drop --separate-parameter-free"
+            )
         for name in ("epochs", "batch_size", depth, "channels"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)

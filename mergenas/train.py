@@ -311,6 +311,7 @@ class Trainer:
             "test_accuracy": accuracy,
             "test_error": 100.0 - accuracy,
             "test_images": len(self.test_images),
+            "parameters": self.model.num_parameters(),
             "parameters_m": self.model.num_parameters() / 1e6,
             "epochs": self.epoch,
             "seed": self.config.seed,

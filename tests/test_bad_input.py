@@ -326,3 +326,18 @@ def test_train_rejects_nb201_result(finished_copy, tmp_path, capsys):
     assert "result.json" in stderr
     assert "nb201" in stderr
     assert not (tmp_path / "train" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "space, setting, message",
+    [
+        ("nb201", {"cells": 3}, "cells applies to the other search space"),
+        ("darts", {"cells_per_stage": 3}, "cells_per_stage applies to the other search space"),
+        ("darts", {"merge_parameter_free": False}, "drop --separate-parameter-free"),
+    ],
+)
+def test_setting_of_other_space_rejected(space, setting, message):
+    from mergenas.search import SearchConfig, SearchError
+
+    with pytest.raises(SearchError, match=message):
+        SearchConfig(space=space, preset="ci", **setting).resolved()

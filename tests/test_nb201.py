@@ -41,6 +41,7 @@ def test_cell_string_round_trip():
         ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~2|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|", "'avg_pool_3x3~2'"),
         ("nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|", "must start and end with '|'"),
         (" " + INDEX_1, "whitespace"),
+        ("|none~0|+|none~0\n|none~1|+|none~0|none~1|none~2|", "whitespace"),
     ],
 )
 def test_malformed_cell_string_named(text, names):

@@ -112,3 +112,21 @@ def test_cli_train_ci_preset(tmp_path, capsys):
     assert config["cells"] == 3
     assert config["genotype_value"]["space"] == "darts"
     assert "test error" in capsys.readouterr().out
+
+
+def test_cli_resume_rejects_changed_settings(tmp_path, capsys):
+    """`train --resume` with another seed or genotype lists the differences and touches nothing."""
+    from mergenas import cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stored = {"genotype": "DARTS_V2", "preset": "ci", "seed": 0, "epochs": 1}
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    before = (run_dir / "config.json").read_bytes()
+    status = cli.main(["train", "--resume", str(run_dir), "--seed", "5", "--genotype", "MERGENAS_PAPER"])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    assert "seed: stored 0, requested 5" in stderr
+    assert "genotype: stored 'DARTS_V2', requested 'MERGENAS_PAPER'" in stderr
+    assert (run_dir / "config.json").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]

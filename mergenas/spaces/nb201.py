@@ -22,7 +22,7 @@ EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3
 NUM_NODES = 4
 NUM_CELLS = len(OPS) ** len(EDGES)  # 15,625
 
-_TOKEN = re.compile(r"^([a-z0-9_]+)~([0-9]+)$")
+_TOKEN = re.compile(r"([a-z0-9_]+)~([0-9]+)")
 
 
 class CellError(ValueError):
@@ -55,7 +55,7 @@ class Cell:
         """Parse the benchmark's string form, raising CellError that names the bad token."""
         if not isinstance(text, str):
             raise CellError(f"a cell string must be a str, got {type(text).__name__}: {text!r}")
-        if text != text.strip() or " " in text or "\t" in text:
+        if any(character.isspace() for character in text):
             raise CellError(f"cell string {text!r} contains whitespace; expected {_expected_form()}")
         groups = text.split("+")
         if len(groups) != NUM_NODES - 1:
@@ -77,7 +77,7 @@ class Cell:
                     f"expected {node} (one from each earlier node)"
                 )
             for source, token in enumerate(tokens):
-                match = _TOKEN.match(token)
+                match = _TOKEN.fullmatch(token)
                 if match is None:
                     raise CellError(
                         f"token {token!r} of node {node} in {text!r} is not of the form op~k"
