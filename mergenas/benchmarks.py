@@ -252,8 +252,8 @@ def _missing_table_message(path: Path) -> str:
         f"NAS-Bench-201 table not found: looked for {path}. Set the environment variable "
         f"MERGENAS_DATA or pass --data-root (data_root=...) to a folder that contains "
         f"{NB201_DIR}/{NB201_CSV}, or use the official benchmark file {NB201_OFFICIAL_FILE} "
-        f"through NB201API.from_file (package nas-bench-201); NB201API.write_csv creates the "
-        f"table from it."
+        f"(package nas-bench-201): `mergenas lookup --benchmark-file FILE` on the command line, "
+        f"NB201API.from_file in Python; NB201API.write_csv creates the table from it."
     )
 
 

@@ -125,6 +125,7 @@ def plot_alphas(records: Sequence[dict], title: str = "", ops: Sequence[str] = O
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[:, 0]:
         ax.set_ylabel("softmax(alpha)")
     axes[0, -1].legend(fontsize=8, loc="best")
@@ -388,6 +389,7 @@ def plot_learning_curves(trainings: Mapping[str, Sequence[dict]]):
     accuracy_ax.set_ylabel("training accuracy (%)")
     for ax in (loss_ax, accuracy_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     accuracy_ax.legend(fontsize=8)

@@ -42,7 +42,7 @@ BAD_CELLS = [
     (VALID + "+|none~0|", "has 4 node groups"),
     ("|nor_conv_3x3~0| +|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", "contains whitespace"),
     (" " + VALID, "contains whitespace"),
-    ("", "has 1 node groups"),
+    ("", "has 1 node group separated"),
 ]
 
 

@@ -150,7 +150,7 @@ def test_table_cell_outside_space(table):
     with pytest.raises(BenchmarkError) as caught:
         table.accuracy(not_a_cell)
     assert not_a_cell in str(caught.value)
-    with pytest.raises(BenchmarkError, match="node groups"):
+    with pytest.raises(BenchmarkError, match="has 1 node group separated"):
         table.index_of("|skip_connect~0|")
 
 

@@ -60,7 +60,8 @@ class Cell:
         groups = text.split("+")
         if len(groups) != NUM_NODES - 1:
             raise CellError(
-                f"cell string {text!r} has {len(groups)} node groups separated by '+', "
+                f"cell string {text!r} has {len(groups)} node {'group' if len(groups) == 1 else 'groups'} "
+                f"separated by '+', "
                 f"expected {NUM_NODES - 1}: {_expected_form()}"
             )
         ops: list[str] = []
