@@ -275,3 +275,18 @@ def test_papermill_bad_type_names_parameter(tmp_path):
     error = _execute_with(tmp_path, {"preset": "ci", "tolerance": "small"})
     assert error.ename == "ParameterError"
     assert "parameter 'tolerance' must be of type float, got 'small' of type str" in error.evalue
+
+
+def test_saliency_widget_redraws_on_slider():
+    """Moving an alpha slider re-renders the M~ image that the widget shows."""
+    from mergenas import ops, plots
+
+    names = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    box = plots.saliency_widget(ops.op_masks(names, 9), dict.fromkeys(names, 0.25))
+    slider_box, image = box.children
+    first = bytes(image.value)
+    assert first.startswith(b"\x89PNG")
+    slider_box.children[-1].value = 0.9  # the dil_conv_5x5 alpha
+    second = bytes(image.value)
+    assert second.startswith(b"\x89PNG")
+    assert second != first
