@@ -120,6 +120,8 @@ def test_signal_mid_epoch_saves_step(tmp_path, data_root, reference_run, one_thr
     run_dir = tmp_path / "run"
     monkeypatch.setenv("MERGENAS_TEST_KILL_AT_STEP", str(STEPS_PER_EPOCH + 1))
     monkeypatch.setenv("MERGENAS_TEST_KILL_SIGNAL", signal_name)
+    # A background job starts with SIGINT ignored, so compare with what was there before.
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(RunInterrupted) as caught:
         search(tiny_config(data_root), run_dir, progress=False)
     assert caught.value.exit_status == exit_status
@@ -132,7 +134,7 @@ def test_signal_mid_epoch_saves_step(tmp_path, data_root, reference_run, one_thr
     assert len(read_log(run_dir)) == 1
     assert not (run_dir / "result.json").exists()
     # The guard gives the handlers back once the run stops.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
     monkeypatch.delenv("MERGENAS_TEST_KILL_AT_STEP")
     resume(run_dir, progress=False)
