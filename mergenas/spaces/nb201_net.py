@@ -1,8 +1,8 @@
 """NAS-Bench-201 networks: the DARTS supernet, the MergeNAS supernet and a discrete network.
 
-All three share one skeleton (Dong & Yang, NAS-Bench-201, ICLR 2020): a 3x3 stem, three stages
-of N cells at C, 2C and 4C channels, a ResNet basic block with stride 2 between stages, then
-BN-ReLU, global average pooling and a linear classifier. N=5 and C=16 give the benchmark's
+All three share the skeleton of Dong & Yang (NAS-Bench-201, ICLR 2020). A 3x3 stem is followed
+by three stages of N cells at C, 2C and 4C channels, with a ResNet basic block of stride 2
+between stages, then BN-ReLU, global average pooling and a linear classifier. N=5 and C=16 give the benchmark's
 17-cell network. Only the edges differ:
 
 - `darts`: one module per candidate operation, mixed by softmax(alpha) (Liu et al., DARTS).
@@ -79,7 +79,7 @@ class DartsEdge(nn.Module):
 
 @dataclass(frozen=True)
 class MergeOptions:
-    """How a MergeNAS edge treats the operations that do not share its kernel.
+    """Options for the operations of a MergeNAS edge that do not share its kernel.
 
     merge_parameter_free: True (the default, as the paper does on NAS-Bench-201) writes
         skip_connect and avg_pool_3x3 as fixed kernels inside the one convolution, so they
@@ -105,7 +105,7 @@ class MergedEdge(nn.Module):
         self._conv_index = [OPS.index(name) for name in _CONV_OPS]
 
     def merged_kernel(self, weights: torch.Tensor) -> torch.Tensor:
-        """The edge's kernel: (sum_o w_o M_o) * W, plus w_skip I + w_avg A when merged."""
+        """Build the edge's kernel: (sum_o w_o M_o) * W, plus w_skip I + w_avg A when merged."""
         saliency = kernels.saliency_mask(weights[self._conv_index], self.masks.unbind(0))  # (3, 3)
         kernel = saliency * self.weight  # (C, C, 3, 3)
         if self.options.merge_parameter_free:
@@ -119,7 +119,7 @@ class MergedEdge(nn.Module):
         return kernel
 
     def merged_conv(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The edge's single convolution, before normalisation."""
+        """Apply the edge's single convolution to ReLU(x), before normalisation."""
         return F.conv2d(F.relu(x), self.merged_kernel(weights), padding=1)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -250,14 +250,14 @@ class NB201Network(nn.Module):
         return sum(p.numel() for p in self.weight_parameters())
 
     def derive(self) -> Cell:
-        """The derived cell: the strongest operation on each edge."""
+        """Derive the cell: the strongest operation on each edge (the fixed cell when discrete)."""
         if self.alphas is None:
             return self.cell
         return cell_from_alphas(self.alphas.detach())
 
 
 def build_supernet(config) -> NB201Network:
-    """The search supernet a `SearchConfig` asks for (its `method` is the network mode)."""
+    """Build the search supernet of a `SearchConfig`, whose `method` is the network mode."""
     return NB201Network(
         config.method,
         channels=config.channels,
@@ -267,7 +267,7 @@ def build_supernet(config) -> NB201Network:
 
 
 def describe_architecture(model: NB201Network, table) -> dict:
-    """The derived cell, its benchmark index and test accuracies (null without the table)."""
+    """Describe the derived cell: its string, benchmark index and test accuracies (None without the table)."""
     cell = model.derive()
     entry = {"cell": cell.to_string(), "index": None, "nb201": None}
     if table is not None:
