@@ -48,6 +48,8 @@ def _add_search_parser(subparsers) -> None:
         "Ctrl-C or SIGTERM) and result.json.",
         epilog="presets (nb201): "
         + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES["nb201"].items())
+        + ". Presets (darts): "
+        + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES["darts"].items())
         + ". Resuming: --resume RUN_DIR continues from the settings stored in RUN_DIR. Only --epochs "
         "may differ from the stored settings; any other setting given with a different value is "
         "rejected, except --data-root, which may name a new location of the same data (the "
