@@ -1,4 +1,6 @@
-"""Named settings for searches: `ci` (seconds), `cpu` (a laptop), `paper` (the paper, on a GPU).
+"""Named settings for searches: `ci` (seconds), `cpu` (a laptop), `paper` (a GPU).
+
+`paper` is the setting of the MergeNAS paper (Wang et al., IJCAI 2020).
 
 A preset fills every setting the caller leaves unset (None); explicit values always win. Presets
 are per search space, because the two spaces are searched with different settings.
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "nb201": {
-        # The paper's NAS-Bench-201 search: 50 epochs, batch 64, the whole CIFAR-10 training set
+        # MergeNAS's NAS-Bench-201 search: 50 epochs, batch 64, the whole CIFAR-10 training set
         # split into two halves, the 17-cell supernet, alphas Adam lr 3e-4.
         "paper": {"epochs": 50, "batch_size": 64, "train_limit": None, "cells_per_stage": 5, "arch_lr": 3e-4},
         # A search on 2 CPU cores in a few minutes: the same 17-cell supernet, but a 4,000-image

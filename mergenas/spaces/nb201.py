@@ -113,7 +113,7 @@ class Cell:
         return self.ops[EDGES.index((to_node, from_node))]
 
     def to_dict(self) -> dict[str, str]:
-        """The cell as {"to<-from": op}, for logs and JSON."""
+        """Return the cell as {"to<-from": op}, for logs and JSON."""
         return {f"{to}<-{src}": op for (to, src), op in zip(EDGES, self.ops)}
 
 
