@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader or a crash sees either the old file or the new one, never half.
+"""Atomic file writes: after a crash or during a read the target is either the old file or the new one, never half of one.
 
 Each writer writes a temporary file in the target's folder, flushes and fsyncs it, then renames
 it over the target (`os.replace` is atomic on POSIX file systems and on NTFS). On POSIX the
@@ -66,3 +66,25 @@ def save_torch(path: str | Path, obj: object) -> None:
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line and fsync it, so a finished epoch's log record survives a crash."""
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_json_lines(path: str | Path) -> list[dict]:
+    """Read a JSON-lines log up to its first broken line (one cut by a kill mid-write)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records

@@ -149,7 +149,7 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(run_dir: str | Path, device: torch.device | str = "cpu") -> dict | None:
-    """The run's checkpoint, or None when it has none yet."""
+    """Load the run's checkpoint, or return None when it has none yet."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.exists():
         return None

@@ -26,7 +26,7 @@ network's memory and allocator state cannot affect another's numbers:
   writing "5" to `/proc/self/clear_refs` (Linux 4.0 or later), and the peak is `VmHWM` after the
   iteration. The difference is what the iteration needs on top of the model: activations, gradients, optimiser
   state, workspaces, plus whatever the allocator keeps instead of returning to the kernel.
-- Times come from the same subprocesses, which stay alive. `compare` asks the networks for one
+- Times come from the same subprocesses, which stay alive. `compare` requests one
   iteration each in turn (round robin, the starting network rotating every round), so load from
   other programs hits all networks alike. The parent process only sends requests and waits.
 """

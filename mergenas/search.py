@@ -12,7 +12,7 @@ Run directory
     Every file is replaced atomically, so a kill at any moment leaves the old or the new version.
 
 Checkpoint and resume
-    A checkpoint holds the weights, the alphas, both optimisers, the learning-rate schedule, the
+    A checkpoint contains the weights, the alphas, both optimisers, the learning-rate schedule, the
     Python, NumPy and torch generator states, the epoch and step reached with the partial sums of
     that epoch, and the log records so far. The batches need no stored state: `BatchStream`
     derives the order and the augmentation of step t of epoch e from (seed, e, t). `resume`
@@ -98,7 +98,7 @@ TEST_KILL_SIGNAL_ENV = "MERGENAS_TEST_KILL_SIGNAL"
 
 
 class SearchError(RuntimeError):
-    """A search that cannot start or cannot go on; the message says why and what to do."""
+    """A search that cannot start or cannot continue. The message gives the reason and the fix."""
 
 
 @dataclass
@@ -590,7 +590,7 @@ class Searcher:
                     guard.raise_if_requested(self._stopped_where())
                 self.save_checkpoint()
                 kill_hook.checkpoint_done(self.epoch)
-                _append_line(log_path, json.dumps(record))
+                atomic.append_line(log_path, json.dumps(record))
                 outer.update(1)
                 outer.set_postfix_str(f"valid acc {record['valid_acc']:.1f}%")
                 log.info("epoch %d: valid acc %.2f%%, cell %s", record["epoch"], record["valid_acc"], record["cell"])
@@ -629,23 +629,9 @@ def _digest(images: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _append_line(path: Path, line: str) -> None:
-    with open(path, "a") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill mid-write; the checkpoint's records replace the file on resume
-    return records
+    # A line cut by a kill mid-write ends the list; on resume the checkpoint's records replace the file.
+    return atomic.read_json_lines(path)
 
 
 def read_log(run_dir: str | Path) -> list[dict]:

@@ -298,8 +298,7 @@ class Trainer:
                 record = self._run_epoch(guard)
                 save_checkpoint(self.run_dir, self.state_dict())
                 if record is not None:
-                    with open(log_path, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
+                    atomic.append_line(log_path, json.dumps(record))
                     log.info("epoch %d: train acc %.2f%%, loss %.4f", record["epoch"], record["train_acc"], record["train_loss"])
                 guard.raise_if_requested(
                     f"{stop_position(self.epoch, self.step)}; resume with --resume {self.run_dir}"
@@ -322,15 +321,8 @@ class Trainer:
 
 
 def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill mid-write; the epochs after it are redone
-    return records
+    # A line cut by a kill mid-write ends the list; the epochs after it are redone.
+    return atomic.read_json_lines(path)
 
 
 def train(config: TrainConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True, stop_after_epoch: int | None = None) -> dict | None:

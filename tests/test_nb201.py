@@ -112,7 +112,7 @@ def test_merged_pooling_differs_only_at_border():
     interior = (slice(None), slice(None), slice(1, -1), slice(1, -1))
     assert (merged[interior] - benchmark[interior]).abs().max().item() < 1e-12
     border_gap = (merged - benchmark).abs().max().item()
-    assert border_gap > 0.05  # a corner sees 4 of 9 taps: merged = 4/9 of the benchmark's value
+    assert border_gap > 0.05  # a corner covers 4 of 9 taps, so merged = 4/9 of the benchmark's value
 
 
 def test_one_batchnorm_differs_from_one_per_candidate():

@@ -6,7 +6,7 @@ between stages, then BN-ReLU, global average pooling and a linear classifier. N=
 17-cell network. Only the edges differ:
 
 - `darts`: one module per candidate operation, mixed by softmax(alpha) (Liu et al., DARTS).
-- `mergenas`: one shared 3x3 kernel W per edge; the edge is a single convolution with kernel
+- `mergenas`: one shared 3x3 kernel W per edge, so the edge is a single convolution with kernel
   M~ * W (Wang et al., MergeNAS, IJCAI 2020, Eq. 8 and Algorithm 1).
 - `discrete`: one fixed operation per edge, as the benchmark trains a cell.
 """
